@@ -1,0 +1,63 @@
+"""Progress reporting for long work: a rich bar on a terminal, plain log lines elsewhere (CI, files)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+__all__ = ["ProgressTask", "track_progress"]
+
+
+class ProgressTask:
+    """Handle returned by :func:`track_progress`; call :meth:`advance` as work completes."""
+
+    def __init__(self, description: str, total: int, bar: Progress | None, console: Console,
+                 log_every_s: float) -> None:
+        self.description, self.total, self.done = description, total, 0
+        self._bar, self._console, self._log_every_s = bar, console, log_every_s
+        self._task = bar.add_task(description, total=total, info="") if bar else None
+        self._last_log = time.perf_counter()
+
+    def advance(self, n: int = 1, **info: float | str) -> None:
+        """Mark ``n`` more units done; ``info`` (e.g. ``loss=0.3``) is shown beside the bar."""
+        self.done += n
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, advance=n, info=text)
+            return
+        now = time.perf_counter()
+        if now - self._last_log >= self._log_every_s or self.done >= self.total:
+            self._last_log = now
+            self._console.print(f"{self.description}: {self.done}/{self.total} {text}".rstrip(), highlight=False)
+
+
+@contextmanager
+def track_progress(description: str, total: int, *, enabled: bool = True,
+                   log_every_s: float = 10.0) -> Iterator[ProgressTask]:
+    """Show progress of ``total`` units of work.
+
+    On a terminal this is a rich progress bar with ETA; when stderr is not a terminal it prints one
+    plain line at most every ``log_every_s`` seconds, so CI logs stay readable.
+    """
+    console = Console(stderr=True)
+    if not enabled:
+        yield ProgressTask(description, total, None, Console(file=open_null()), float("inf"))
+        return
+    if console.is_terminal and sys.stderr.isatty():
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+        with Progress(*columns, console=console, transient=False) as bar:
+            yield ProgressTask(description, total, bar, console, log_every_s)
+    else:
+        yield ProgressTask(description, total, None, console, log_every_s)
+
+
+def open_null():  # type: ignore[no-untyped-def]
+    import io
+
+    return io.StringIO()
