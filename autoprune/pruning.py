@@ -73,6 +73,9 @@ def _forward_order(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     try:
         with torch.no_grad():
             model(x)
+    except Exception as e:
+        raise UnsupportedModelError(f"the model cannot run on example_inputs of shape {tuple(x.shape)} "
+                                    f"({type(e).__name__}: {e}); check that example_inputs match its forward()") from e
     finally:
         for h in hooks:
             h.remove()

@@ -1,0 +1,40 @@
+# Two commands do all the set-up: `make demo` and `make test` create .venv when missing,
+# install the project (torch pinned by constraints.txt) and the Fashion-MNIST data, then run.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test test-all lint data venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist holds the four IDX files; skipped when they (or $AUTOPRUNE_FASHION_MNIST) exist.
+data:
+	@if [ -z "$$AUTOPRUNE_FASHION_MNIST" ] && [ ! -e $(FASHION_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	fi
+
+demo: $(STAMP) data
+	$(VENV)/bin/autoprune demo
+
+test: $(STAMP) data
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP) data
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check autoprune tests benchmarks
+	$(VENV)/bin/mypy autoprune
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
