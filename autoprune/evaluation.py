@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 
 from autoprune.budget import Budget
 from autoprune.pruning import Pruner
+from autoprune.rewards import Baseline, Reward, get_reward
 from autoprune.search_spaces import Policy, SearchSpace
 from autoprune.training import TrainConfig, accuracy, train
 
@@ -90,14 +91,15 @@ class Evaluator:
         batch_size: batch size of BN recalibration, validation and fine-tuning.
         finetune_steps: SGD steps on the pruned copy before scoring (forces the exact path).
         path: ``"exact"``, ``"mask"`` or ``"auto"`` (measure both on the first policy, keep the faster).
-        reward: ``Result -> float``; defaults to the validation accuracy.
+        reward: a built-in name (``"accuracy"``, ``"acc_flops"``, ...), ``"module:function"`` or a
+            callable ``(result, baseline) -> float``; defaults to the validation accuracy.
         seed: seeds the choice of recalibration images and fine-tuning.
     """
 
     def __init__(self, model: nn.Module, space: SearchSpace, *, train_data: TensorDataset, val_data: TensorDataset,
                  budget: Budget | None = None, importance: str = "l1", val_size: int = 2000, bn_batches: int = 8,
                  batch_size: int = 64, finetune_steps: int = 0, path: str = "auto",
-                 reward: Callable[[Result], float] | None = None, seed: int = 0) -> None:
+                 reward: str | Reward | None = None, seed: int = 0) -> None:
         if path not in ("auto", "exact", "mask"):
             raise ValueError(f"path must be 'auto', 'exact' or 'mask', got {path!r}")
         if val_size < 1 or bn_batches < 0 or batch_size < 1 or finetune_steps < 0:
@@ -113,7 +115,8 @@ class Evaluator:
         pick = torch.randperm(len(x_train), generator=gen)[: bn_batches * batch_size]
         self.bn_inputs = x_train[pick]
         self.batch_size, self.finetune_steps, self.seed = batch_size, finetune_steps, seed
-        self.reward_fn = reward
+        self.reward_fn = get_reward(reward)
+        self._baseline: Baseline | None = None
         example = x_train[:1]
         calibration = (x_train[pick[:batch_size]], train_data.tensors[1][pick[:batch_size]]) if len(pick) else None
         if importance == "taylor" and calibration is None:
@@ -152,13 +155,14 @@ class Evaluator:
                 t = time.perf_counter()
                 acc = accuracy(model, self.val, batch_size=max(self.batch_size, 500))
                 seconds["validate"] = time.perf_counter() - t
+            reward = float(self.reward_fn(Result(**base, accuracy=acc, seconds=seconds), self.baseline))
+            if not math.isfinite(reward):
+                raise ValueError(f"reward returned {reward}")
         except Exception as e:  # a failed evaluation is a result, so a search can go on
             seconds["total"] = time.perf_counter() - start
             return Result(**base, failed=f"{type(e).__name__}: {e}", seconds=seconds)
-        result = Result(**base, accuracy=acc, seconds=seconds)
-        reward = self.reward_fn(result) if self.reward_fn else acc
         seconds["total"] = time.perf_counter() - start
-        return Result(**{**base, "accuracy": acc, "reward": reward, "seconds": seconds})
+        return Result(**base, accuracy=acc, reward=reward, seconds=seconds)
 
     @contextmanager
     def _pruned(self, policy: Policy):  # type: ignore[no-untyped-def]
@@ -192,6 +196,14 @@ class Evaluator:
             timing[path] = prepare + n_batches * per_batch
         self.path = min(timing, key=timing.__getitem__)
         self.path_timing = {f"{k}_estimated_s": v for k, v in timing.items()}
+
+    @property
+    def baseline(self) -> Baseline:
+        """The dense model's accuracy and costs (computed once, on first use)."""
+        if self._baseline is None:
+            dense = self.space.dense_costs
+            self._baseline = Baseline(accuracy=self.dense_accuracy(), flops=dense.macs, params=dense.params)
+        return self._baseline
 
     def dense_accuracy(self) -> float:
         """Validation accuracy of the unpruned model (its own BN statistics)."""

@@ -213,6 +213,7 @@ class Pruner:
         self.model, self.space, self.importance = model, space, importance
         if importance == "taylor" and calibration is None:
             raise ValueError("importance 'taylor' needs a calibration batch (x, y) for its gradients")
+        self.example_inputs = example_inputs
         self.order = self._rank(example_inputs, calibration, seed)
         self._modules = dict(model.named_modules())
 
@@ -266,6 +267,27 @@ class Pruner:
         """A physically pruned copy of the model (the exact path)."""
         pruned = copy.deepcopy(self.model)
         apply_plan(pruned, self.plan(policy))
+        return pruned
+
+    def prune_retraced(self, policy: Mapping[str, float]) -> nn.Module:
+        """The exact path done the textbook way: trace a new dependency graph on the copy and let
+        Torch-Pruning prune group by group. Slower than :meth:`prune` (it traces per copy), kept as
+        a cross-check of the replayed plan and for ``benchmarks/pruner.py``.
+        """
+        plan = self.plan(policy)
+        pruned = copy.deepcopy(self.model)
+        graph = _build_graph(pruned, self.example_inputs)
+        modules = dict(pruned.named_modules())
+        for g in self.space.groups:
+            idxs = plan.get((g.name, True))
+            if not idxs:
+                continue
+            if g.kind == "heads":  # the traced graph gets head dependencies wrong (see discover_groups)
+                apply_plan(pruned, {(m.module, m.out): plan[(m.module, m.out)] for m in g.members})
+                continue
+            root = modules[g.name]
+            handler = graph.get_pruner_of_module(root)
+            graph.get_pruning_group(root, handler.prune_out_channels, idxs).prune()
         return pruned
 
     @contextmanager

@@ -97,7 +97,8 @@ def train(model: nn.Module, data: TensorDataset, config: TrainConfig = TrainConf
             opt.step()
             sched.step()
             step += 1
-            running = float(loss) if math.isnan(running) else 0.98 * running + 0.02 * float(loss)
+            value = loss.item()
+            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
             bar.advance(1, loss=running)
     model.eval()
     return model

@@ -53,6 +53,17 @@ def test_masked_outputs_equal_physically_pruned_outputs(name):
     assert all(torch.equal(before[k], after[k]) for k in before), "masks must be undone"
 
 
+@pytest.mark.parametrize("name", ["resnet56", "mobilenetv2", "vit", "mlp"])
+def test_replayed_plan_equals_torch_pruning_on_a_retraced_graph(name):
+    model, x, space = _setup(name)
+    pruner = Pruner(model, space, example_inputs=x[:1])
+    policy = space.sample(np.random.default_rng(7))
+    replayed, retraced = pruner.prune(policy), pruner.prune_retraced(policy)
+    assert {k: v.shape for k, v in replayed.state_dict().items()} == {k: v.shape for k, v in retraced.state_dict().items()}
+    with torch.no_grad():
+        torch.testing.assert_close(replayed(x), retraced(x))
+
+
 @pytest.mark.parametrize("importance", IMPORTANCE_NAMES)
 def test_every_importance_gives_matching_paths(importance):
     model, x, space = _setup("resnet20")

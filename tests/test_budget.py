@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from autoprune.budget import Budget, InfeasibleBudgetError, uniform_policy
+from autoprune.costs import Costs
+from autoprune.models import create_model
+from autoprune.search_spaces import SearchSpace
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.from_model(create_model("resnet56", in_channels=1, image_size=28), torch.randn(1, 1, 28, 28))
+
+
+def test_budget_check_is_exact_at_the_boundary():
+    dense = Costs(macs=1000, params=100)
+    assert Budget(flops=500).holds(Costs(500, 100), dense)
+    assert not Budget(flops=500).holds(Costs(501, 100), dense)
+    assert Budget(flops=0.5).holds(Costs(500, 100), dense)
+    assert not Budget(flops=0.5, params=0.5).holds(Costs(500, 51), dense)
+
+
+@pytest.mark.parametrize("flops", [0.5, 0.25])
+def test_uniform_policy_just_meets_the_budget(space, flops):
+    budget = Budget(flops=flops)
+    policy = uniform_policy(space, budget)
+    assert budget.holds(space.costs(policy), space.dense_costs)
+    ratio = next(iter(policy.values()))
+    # a visibly smaller ratio would break the budget: the bisection found the boundary
+    assert not budget.holds(space.costs(space.uniform(ratio - 0.02)), space.dense_costs)
+
+
+def test_infeasible_budget_raises_with_what_is_reachable(space):
+    with pytest.raises(InfeasibleBudgetError, match="infeasible.*leaves"):
+        uniform_policy(space, Budget(flops=0.01))
+
+
+def test_bad_budget_values():
+    with pytest.raises(ValueError, match="must be positive"):
+        Budget(flops=0)
+    with pytest.raises(ValueError, match="unknown budget key"):
+        Budget.from_mapping({"latency_ms": 3})

@@ -1,0 +1,58 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autoprune import cli
+from autoprune.data import datasets as ds
+from autoprune.models import REFERENCE_DIR
+
+
+def test_help_works_for_every_command():
+    for args in (["--help"], ["train", "--help"], ["demo", "--help"]):
+        out = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True)
+        assert out.returncode == 0 and "example" in out.stdout
+
+
+def test_unknown_command_is_a_usage_error():
+    out = subprocess.run([sys.executable, "-m", "autoprune.cli", "prune-everything"], capture_output=True, text=True)
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_bad_model_name_is_one_line_exit_2(capsys, tmp_path):
+    assert cli.main(["train", "--model", "resnet18", "--dataset", "digits", "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autoprune: error: unknown model 'resnet18'") and "\n" not in err
+
+
+def test_missing_dataset_is_one_line_exit_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(ds, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.delenv(ds.FASHION_MNIST_ENV, raising=False)
+    assert cli.main(["demo", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "apt-get install -y dataset-fashion-mnist" in err and "\n" not in err
+
+
+def test_train_writes_a_loadable_checkpoint(tmp_path):
+    from autoprune.models import load_checkpoint
+
+    out = tmp_path / "digits.pt"
+    assert cli.main(["train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--val-size", "200",
+                     "--out", str(out)]) == 0
+    model, meta = load_checkpoint(out)
+    assert meta["model"] == "mlp" and 0.5 < meta["test_accuracy"] <= 1.0
+
+
+@pytest.mark.skipif(not (REFERENCE_DIR / "resnet20_fashion_mnist.pt").exists()
+                    or not (ds.FASHION_MNIST_DEBIAN_DIR.exists() or os.environ.get(ds.FASHION_MNIST_ENV)),
+                    reason="needs Fashion-MNIST (make test installs it) and the reference checkpoint")
+def test_demo_prunes_to_budget_end_to_end(tmp_path):
+    assert cli.main(["demo", "--run-dir", str(tmp_path), "--val-size", "500", "--bn-batches", "4"]) == 0
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert summary["meets_budget"] and summary["analytic_equals_counted"]
+    assert summary["pruned"]["macs"] <= 0.5 * summary["dense"]["macs"]
+    assert summary["dense_test_accuracy"] >= 0.925
+    assert summary["test_accuracy"] > 0.5
+    assert (tmp_path / "pruned.pt").exists() and (tmp_path / "pruned.onnx").exists()

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from autoprune.budget import Budget, uniform_policy
+from autoprune.costs import count_costs
+from autoprune.evaluation import Evaluator
+from autoprune.search_spaces import PolicyError, SearchSpace
+from autoprune.training import accuracy
+
+
+@pytest.fixture(scope="module")
+def setup(trained_resnet, digits):
+    space = SearchSpace.from_model(trained_resnet, digits.example_inputs())
+    return trained_resnet, space, digits
+
+
+def _evaluator(setup, **kw):
+    model, space, data = setup
+    kw.setdefault("val_size", 300)
+    kw.setdefault("bn_batches", 4)
+    return Evaluator(model, space, train_data=data.train, val_data=data.val, budget=Budget(flops=0.5), **kw)
+
+
+def test_result_has_costs_accuracy_timings_and_budget_flag(setup):
+    ev = _evaluator(setup, path="exact")
+    model, space, _ = setup
+    policy = uniform_policy(space, Budget(flops=0.5))
+    r = ev(policy)
+    assert r.failed is None and r.feasible and 0.0 <= r.accuracy <= 1.0
+    assert r.flops == count_costs(ev.pruner.prune(policy), setup[2].example_inputs()).macs
+    assert r.flops_ratio <= 0.5
+    assert {"costs", "prune", "recalibrate", "validate", "total"} <= set(r.seconds)
+    assert not ev(space.uniform(0.0)).feasible
+
+
+def test_evaluation_is_deterministic(setup):
+    policy = setup[1].sample(np.random.default_rng(0))
+    a, b = _evaluator(setup, path="exact")(policy), _evaluator(setup, path="exact")(policy)
+    assert a.accuracy == b.accuracy and a.flops == b.flops
+
+
+def test_exact_and_mask_paths_agree_and_leave_the_model_intact(setup):
+    model = setup[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    policy = setup[1].sample(np.random.default_rng(1))
+    exact = _evaluator(setup, path="exact")(policy)
+    mask = _evaluator(setup, path="mask")(policy)
+    assert abs(exact.accuracy - mask.accuracy) < 1e-9
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_auto_path_measures_both(setup):
+    ev = _evaluator(setup, path="auto")
+    r = ev(setup[1].uniform(0.3))
+    assert r.path in ("exact", "mask") and set(ev.path_timing) == {"exact_estimated_s", "mask_estimated_s"}
+
+
+def test_adaptive_bn_recovers_accuracy(setup):
+    policy = setup[1].uniform(0.5)
+    with_bn = _evaluator(setup, path="exact", bn_batches=8)(policy).accuracy
+    without = _evaluator(setup, path="exact", bn_batches=0)(policy).accuracy
+    assert with_bn >= without
+
+
+def test_finetune_steps_run_on_a_copy(setup):
+    model = setup[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = _evaluator(setup, path="mask", finetune_steps=5)(setup[1].uniform(0.5))
+    assert r.path == "exact" and r.seconds["finetune"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bad_policy_raises_and_bad_options_are_rejected(setup):
+    with pytest.raises(PolicyError):
+        _evaluator(setup, path="exact")({"conv1": 0.99})
+    with pytest.raises(ValueError, match="path must be"):
+        _evaluator(setup, path="fast")
+
+
+@pytest.mark.parametrize("reward, message", [
+    (lambda r, b: 1 / 0, "ZeroDivisionError"),
+    (lambda r, b: float("nan"), "reward returned nan"),
+    (lambda r, b: float("inf"), "reward returned inf"),
+])
+def test_a_failing_reward_is_recorded_not_raised(setup, reward, message):
+    r = _evaluator(setup, path="exact", reward=reward)(setup[1].uniform(0.2))
+    assert r.failed and message in r.failed and r.reward is None and r.accuracy is None
+
+
+def test_a_custom_reward_is_used(setup):
+    r = _evaluator(setup, path="exact", reward=lambda res, base: res.accuracy - res.flops_ratio)(setup[1].uniform(0.2))
+    assert r.reward == pytest.approx(r.accuracy - r.flops_ratio)
+
+
+def test_dense_accuracy_matches_plain_accuracy(setup):
+    model, _, data = setup
+    assert _evaluator(setup).dense_accuracy() == accuracy(model, torch.utils.data.TensorDataset(
+        data.val.tensors[0][:300], data.val.tensors[1][:300]))
