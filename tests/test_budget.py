@@ -40,3 +40,37 @@ def test_bad_budget_values():
         Budget(flops=0)
     with pytest.raises(ValueError, match="unknown budget key"):
         Budget.from_mapping({"latency_ms": 3})
+
+
+def test_projection_makes_policies_feasible_and_keeps_feasible_ones(space):
+    import numpy as np
+
+    from autoprune.budget import project
+
+    budget = Budget(flops=0.4)
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(30):
+        policy = space.sample(rng)
+        projected = project(space, budget, policy)
+        assert budget.holds(space.costs(projected), space.dense_costs)
+        if budget.holds(space.costs(policy), space.dense_costs):
+            assert projected == policy
+        else:
+            moved += 1
+            # only moved toward the upper bounds, never below the proposal
+            assert all(projected[k] >= policy[k] - 1e-12 for k in policy)
+    assert moved > 0
+
+
+def test_action_wall_is_tight(space):
+    from autoprune.budget import min_ratio
+
+    budget = Budget(flops=0.3)
+    decided = {g.name: 0.0 for g in space.groups[:5]}
+    wall = min_ratio(space, budget, decided, 5)
+    rest = {g.name: g.high for g in space.groups[6:]}
+    name = space.groups[5].name
+    assert budget.holds(space.costs({**decided, name: wall, **rest}), space.dense_costs)
+    if wall > 0.01:
+        assert not budget.holds(space.costs({**decided, name: wall - 0.01, **rest}), space.dense_costs)

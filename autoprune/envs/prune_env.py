@@ -1,0 +1,108 @@
+"""PruneEnv: AMC's layer-by-layer pruning environment over coupled channel groups.
+
+One episode walks the search space's groups in forward order; each step sets one group's prune
+ratio. The action ``a`` in [0, 1] maps to ``low + a * (high - low)`` and is then raised to AMC's
+*action wall* (:func:`autoprune.budget.min_ratio`) so that the budget stays reachable whatever the
+later steps do: the final policy always meets the budget under the exact cost model. The last step
+evaluates the whole policy and returns its reward; every other step returns 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from torch import nn
+
+from autoprune.budget import Budget, check_feasible, min_ratio
+from autoprune.evaluation import Evaluator, Result
+from autoprune.search_spaces import Policy
+
+__all__ = ["OBSERVATION_FEATURES", "PruneEnv"]
+
+OBSERVATION_FEATURES = ("index", "kind", "in_channels", "out_channels", "stride", "kernel", "params",
+                        "flops", "flops_reduced", "flops_rest", "previous_action")
+_KIND = {nn.Conv1d: 0.0, nn.Conv2d: 0.0, nn.Linear: 0.5}
+
+
+class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
+    """AMC-style environment (He et al. 2018) over one evaluator.
+
+    Args:
+        evaluator: scores the final policy of each episode.
+        budget: hard limits; defaults to the evaluator's budget. Checked at construction.
+        failed_reward: reward of an episode whose evaluation failed (the error is in ``info``).
+
+    Observation (all in [0, 1], static features divided by the model's own maximum):
+    ``OBSERVATION_FEATURES`` — the group's index, kind (conv 0, linear 0.5, attention heads 1),
+    input / output channels, stride, kernel size, parameter and FLOPs share, FLOPs already removed
+    by earlier steps, FLOPs share of the groups still to come, and the previous action.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, evaluator: Evaluator, budget: Budget | None = None, *, failed_reward: float = 0.0) -> None:
+        self.evaluator = evaluator
+        self.space = evaluator.space
+        self.budget = budget if budget is not None else evaluator.budget
+        check_feasible(self.space, self.budget)
+        self.failed_reward = failed_reward
+        self.action_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(len(OBSERVATION_FEATURES),), dtype=np.float32)
+        modules = dict(evaluator.model.named_modules())
+        groups = self.space.groups
+        n = len(groups)
+        static = np.array([[i / max(1, n - 1),
+                            1.0 if g.kind == "heads" else _KIND.get(type(modules[g.name]), 0.0),
+                            g.in_channels, g.channels, g.stride, g.kernel, g.params_share, g.flops_share]
+                           for i, g in enumerate(groups)], dtype=np.float64)
+        top = static.max(axis=0)
+        static[:, 2:] /= np.where(top[2:] > 0, top[2:], 1.0)
+        self._static = static
+        shares = np.array([g.flops_share for g in groups])
+        self._rest = np.array([min(1.0, shares[i + 1:].sum()) for i in range(n)])
+        self._t = 0
+        self._ratios: dict[str, float] = {}
+        self._previous = 0.0
+
+    def _observation(self) -> np.ndarray:
+        t = self._t
+        dense = self.space.dense_costs.macs
+        reduced = 1.0 - self.space.costs(self._ratios).macs / dense if self._ratios else 0.0
+        obs = np.concatenate([self._static[t], [reduced, self._rest[t], self._previous]])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._t, self._ratios, self._previous = 0, {}, 0.0
+        return self._observation(), {"group": self.space.groups[0].name}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._t >= len(self.space.groups):
+            raise RuntimeError("episode is over; call reset()")
+        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+        g = self.space.groups[self._t]
+        wall = min_ratio(self.space, self.budget, self._ratios, self._t)
+        ratio = max(g.low + a * (g.high - g.low), wall)
+        self._ratios[g.name] = ratio
+        # AMC feeds back the action actually taken (after the wall), as a fraction of the range.
+        self._previous = (ratio - g.low) / (g.high - g.low) if g.high > g.low else 0.0
+        info: dict[str, Any] = {"group": g.name, "ratio": ratio, "wall": wall}
+        self._t += 1
+        if self._t < len(self.space.groups):
+            return self._observation(), 0.0, False, False, info
+        result: Result = self.evaluator(Policy(self._ratios))
+        info["result"] = result
+        reward = self.failed_reward if result.failed else float(result.reward)  # type: ignore[arg-type]
+        self._t -= 1  # the terminal observation repeats the last group's features
+        obs = self._observation()
+        self._t += 1
+        return obs, reward, True, False, info
+
+    @property
+    def policy(self) -> Policy:
+        """The ratios decided so far in this episode."""
+        return Policy(self._ratios)

@@ -1,0 +1,116 @@
+import textwrap
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import autoprune  # noqa: F401  (registers autoprune/Prune-v0)
+from autoprune.budget import Budget, InfeasibleBudgetError
+from autoprune.costs import count_costs
+from autoprune.envs import OBSERVATION_FEATURES, PruneEnv
+from autoprune.evaluation import Evaluator
+from autoprune.models import create_model
+from autoprune.search_spaces import SearchSpace
+from tests.conftest import random_data
+
+
+def _evaluator(name, flops, reward=None, n=16):
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=1, image_size=28).eval()
+    data = random_data(n)
+    space = SearchSpace.from_model(model, data.tensors[0][:1])
+    return Evaluator(model, space, train_data=data, val_data=data, budget=Budget(flops=flops), val_size=n,
+                     bn_batches=1, batch_size=n, path="exact", reward=reward)
+
+
+@pytest.fixture(scope="module")
+def resnet_env():
+    return PruneEnv(_evaluator("resnet20", 0.5))
+
+
+def test_gymnasium_check_env(resnet_env):
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(resnet_env, skip_render_check=True)
+
+
+def test_sb3_check_env(resnet_env):
+    from stable_baselines3.common.env_checker import check_env
+
+    with pytest.warns(UserWarning, match="symmetric"):  # SB3 only prefers [-1, 1]
+        check_env(resnet_env, warn=True)
+
+
+def test_registered_and_made_by_id():
+    env = gym.make("autoprune/Prune-v0", evaluator=_evaluator("cnn1d", 0.5))
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (len(OBSERVATION_FEATURES),) and info["group"] == "features.0"
+
+
+def test_one_step_per_group_and_reward_only_at_the_end(resnet_env):
+    obs, _ = resnet_env.reset(seed=1)
+    rewards, done, steps = [], False, 0
+    while not done:
+        obs, r, done, truncated, info = resnet_env.step(np.array([0.3], dtype=np.float32))
+        assert resnet_env.observation_space.contains(obs) and not truncated
+        rewards.append(r)
+        steps += 1
+    assert steps == len(resnet_env.space) and all(r == 0 for r in rewards[:-1])
+    result = info["result"]
+    assert rewards[-1] == result.reward == result.accuracy and result.feasible
+
+
+def test_reset_is_deterministic(resnet_env):
+    a, _ = resnet_env.reset(seed=3)
+    resnet_env.step(np.array([0.9], dtype=np.float32))
+    b, _ = resnet_env.reset(seed=3)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "vgg16", "mobilenetv2"])
+@pytest.mark.parametrize("flops", [0.5, 0.25])
+def test_random_episodes_always_end_within_budget(name, flops):
+    env = PruneEnv(_evaluator(name, flops, n=4))
+    pruner = env.evaluator.pruner
+    x = torch.randn(1, 1, 28, 28)
+    rng = np.random.default_rng(0)
+    for episode in range(12):
+        env.reset(seed=episode)
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(rng.random(1).astype(np.float32))
+        result = info["result"]
+        assert result.feasible and result.flops_ratio <= flops
+        if episode < 2:  # and the physically pruned, counted model agrees
+            assert count_costs(pruner.prune(result.policy), x).macs <= flops * env.space.dense_costs.macs
+
+
+def test_infeasible_budget_raises_at_construction():
+    with pytest.raises(InfeasibleBudgetError, match="infeasible"):
+        PruneEnv(_evaluator("resnet20", 0.02))
+
+
+def test_custom_reward_from_module_function_string(tmp_path, monkeypatch):
+    (tmp_path / "user_rewards.py").write_text(textwrap.dedent("""
+        def half_params(result, baseline):
+            return 42.0 + result.params_ratio
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = PruneEnv(_evaluator("cnn1d", 0.5, reward="user_rewards:half_params"))
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, reward, done, _, info = env.step(np.array([0.5], dtype=np.float32))
+    assert reward == pytest.approx(42.0 + info["result"].params_ratio)
+
+
+@pytest.mark.parametrize("reward", [lambda r, b: float("nan"), lambda r, b: [][1]])
+def test_raising_or_nan_reward_is_a_failed_evaluation_and_the_episode_ends(reward):
+    env = PruneEnv(_evaluator("cnn1d", 0.5, reward=reward), failed_reward=-1.0)
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, r, done, _, info = env.step(np.array([0.5], dtype=np.float32))
+    assert r == -1.0 and info["result"].failed
+    env.reset(seed=1)  # and the environment goes on
