@@ -1,7 +1,9 @@
 """Budgets: hard limits on a pruned model's FLOPs (MACs) and parameters, checked exactly.
 
 A limit below or equal to 1 is a fraction of the dense model; above 1 it is an absolute count
-(e.g. ``Budget(flops=0.5)`` or ``Budget(params=150_000)``). Costs come from the analytic cost
+(e.g. ``Budget(flops=0.5)`` or ``Budget(params=150_000)``). Latency is a fraction of the dense
+model's (``latency=0.6``) or absolute milliseconds (``latency_ms=2.5``); it needs a latency table
+attached to the search space (``space.attach_latency(LatencyTable.build(...))``). Costs come from the analytic cost
 model, which equals the counted costs of the physically pruned model, so "meets the budget" here
 means the returned model meets it.
 """
@@ -27,40 +29,59 @@ class Budget:
 
     flops: float | None = None
     params: float | None = None
+    latency: float | None = None
+    latency_ms: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("flops", "params"):
+        for name in ("flops", "params", "latency", "latency_ms"):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ValueError(f"budget {name}={v} must be positive (a fraction <= 1 of dense, or an absolute count)")
+        if self.latency is not None and self.latency > 1:
+            raise ValueError(f"budget latency={self.latency} is a fraction of dense latency (<= 1); "
+                             "use latency_ms for an absolute limit")
+        if self.latency is not None and self.latency_ms is not None:
+            raise ValueError("give either latency (fraction) or latency_ms (absolute), not both")
+
+    @property
+    def needs_latency(self) -> bool:
+        return self.latency is not None or self.latency_ms is not None
 
     def limits(self, dense: Costs) -> dict[str, float]:
-        """Absolute limits, e.g. ``{"flops": 20.4e6}``."""
+        """Absolute limits, e.g. ``{"flops": 20.4e6, "latency": 0.0021}`` (latency in seconds)."""
         out = {}
         for name, dense_value in (("flops", dense.macs), ("params", dense.params)):
             v = getattr(self, name)
             if v is not None:
                 out[name] = v * dense_value if v <= 1 else v
+        if self.needs_latency:
+            if dense.latency is None:
+                raise ValueError("a latency budget needs a latency table: "
+                                 "space.attach_latency(LatencyTable.build(model, space, runtime=...))")
+            out["latency"] = self.latency * dense.latency if self.latency is not None else self.latency_ms / 1e3  # type: ignore[operator]
         return out
 
     def slack(self, costs: Costs, dense: Costs) -> dict[str, float]:
         """Limit minus cost for each constraint (>= 0 where it holds)."""
-        values = {"flops": costs.macs, "params": costs.params}
-        return {k: lim - values[k] for k, lim in self.limits(dense).items()}
+        values = {"flops": costs.macs, "params": costs.params, "latency": costs.latency}
+        return {k: lim - values[k] for k, lim in self.limits(dense).items()}  # type: ignore[operator]
 
     def holds(self, costs: Costs, dense: Costs) -> bool:
         return all(s >= 0 for s in self.slack(costs, dense).values())
 
     def __str__(self) -> str:
         parts = [f"{k} <= {v:g}" + (" x dense" if v <= 1 else "")
-                 for k, v in (("flops", self.flops), ("params", self.params)) if v is not None]
+                 for k, v in (("flops", self.flops), ("params", self.params), ("latency", self.latency))
+                 if v is not None]
+        if self.latency_ms is not None:
+            parts.append(f"latency <= {self.latency_ms:g} ms")
         return ", ".join(parts) or "unconstrained"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, float]) -> Budget:
-        unknown = set(values) - {"flops", "params"}
+        unknown = set(values) - {"flops", "params", "latency", "latency_ms"}
         if unknown:
-            raise ValueError(f"unknown budget key(s) {sorted(unknown)}; use flops and/or params")
+            raise ValueError(f"unknown budget key(s) {sorted(unknown)}; use flops, params, latency or latency_ms")
         return cls(**{k: float(v) for k, v in values.items()})
 
 
@@ -86,9 +107,10 @@ def check_feasible(space: SearchSpace, budget: Budget) -> None:
     most_pruned = Policy({g.name: g.high for g in space.groups})
     if not _feasible(space, budget, most_pruned):
         dense, most = space.dense_costs, space.costs(most_pruned)
+        latency = f", {most.latency / dense.latency:.1%} of latency" if most.latency and dense.latency else ""
         raise InfeasibleBudgetError(
             f"budget {budget} is infeasible: pruning every group to its upper bound leaves "
-            f"{most.macs / dense.macs:.1%} of FLOPs and {most.params / dense.params:.1%} of parameters; "
+            f"{most.macs / dense.macs:.1%} of FLOPs, {most.params / dense.params:.1%} of parameters{latency}; "
             "raise the budget or the upper bounds")
 
 

@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("demo", help="prune the reference ResNet-20 on Fashion-MNIST to 50%% FLOPs",
-                       epilog="example:\n  autoprune demo --flops 0.5", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog="example:\n  autoprune demo --flops 0.5",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--flops", type=float, default=0.5, help="FLOPs budget as a fraction of dense (default 0.5)")
     d.add_argument("--val-size", type=int, default=2000, help="validation images scored (from TRAIN)")
     d.add_argument("--bn-batches", type=int, default=8, help="batches of 64 train images for adaptive BN")

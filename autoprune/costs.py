@@ -33,10 +33,12 @@ SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNor
 
 @dataclass(frozen=True)
 class Costs:
-    """Per-example cost of a model: multiply-accumulates and parameter count."""
+    """Per-example cost of a model: multiply-accumulates, parameter count and, when the search
+    space has a latency table, predicted latency in seconds on the target runtime."""
 
     macs: int
     params: int
+    latency: float | None = None
 
     def ratio(self, dense: Costs) -> tuple[float, float]:
         return self.macs / dense.macs, self.params / dense.params
@@ -68,9 +70,16 @@ class _Layer:
     params_per_pair: int  # weight entries per pair: kernel area (conv), 1 (linear), 0 (norm)
     params_per_out: int  # bias / affine entries per output channel
 
+    def sizes(self, keep: np.ndarray, units: np.ndarray) -> tuple[int, int]:
+        """Kept (output, input) sizes of this layer."""
+        return self._size(self.out, self.dense_out, keep, units), self._size(self.inp, self.dense_in, keep, units)
+
+    @staticmethod
+    def _size(dim: _Dim | None, dense: int, keep: np.ndarray, units: np.ndarray) -> int:
+        return dense if dim is None else dense - dim[1] * int(units[dim[0]] - keep[dim[0]])
+
     def costs(self, keep: np.ndarray, units: np.ndarray) -> tuple[int, int]:
-        out = self.dense_out if self.out is None else self.dense_out - self.out[1] * int(units[self.out[0]] - keep[self.out[0]])
-        inp = self.dense_in if self.inp is None else self.dense_in - self.inp[1] * int(units[self.inp[0]] - keep[self.inp[0]])
+        out, inp = self.sizes(keep, units)
         return out * inp * self.macs_per_pair, out * inp * self.params_per_pair + out * self.params_per_out
 
 
@@ -84,15 +93,19 @@ class CostModel:
             for m in g.members:
                 dims[(m.module, m.out)] = (i, m.index.shape[1])
         shapes = _record_shapes(model, example_inputs[:1])
+        self.shapes = shapes  # per layer: (input shape, output shape) on one example
         layers: list[_Layer] = []
+        self.layer_names: list[str] = []  # parallel to the priced layers (attention products last)
         for name, module in model.named_modules():
             if name not in shapes:
                 continue
             layers.append(_describe(name, module, shapes[name], dims))
+            self.layer_names.append(name)
         for i, g in enumerate(groups):  # attention products scale with the heads kept
             if g.kind == "heads":
                 tokens = shapes[g.name][0][-2]
                 layers.append(_Layer((i, 1), None, g.units, 1, 2 * tokens * tokens * g.unit_size, 0, 0))
+                self.layer_names.append(g.name + "#attention")
         self._layers = layers
         counted = count_costs(model, example_inputs)
         full = self.units.copy()
@@ -108,6 +121,11 @@ class CostModel:
             macs += m
             params += p
         return macs, params
+
+    def layer_sizes(self, keep: np.ndarray) -> dict[str, tuple[int, int]]:
+        """Kept (output, input-per-output) sizes of every priced layer when group ``i`` keeps ``keep[i]`` units."""
+        keep = np.asarray(keep, dtype=np.int64)
+        return {n: layer.sizes(keep, self.units) for n, layer in zip(self.layer_names, self._layers, strict=True)}
 
     def costs(self, keep: np.ndarray) -> Costs:
         """Costs of the model when group ``i`` keeps ``keep[i]`` units."""

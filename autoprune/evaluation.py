@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -71,7 +71,7 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) ->
             for i in range(0, len(x), batch_size):
                 model(x[i:i + batch_size])
     finally:
-        for bn, m in zip(bns, momenta):
+        for bn, m in zip(bns, momenta, strict=True):
             bn.momentum = m
         model.train(was_training)
 
@@ -136,8 +136,9 @@ class Evaluator:
         seconds = {"costs": time.perf_counter() - start}
         if self.path == "auto":
             self._choose_path(policy)
-        base = dict(policy=policy, flops=costs.macs, params=costs.params, flops_ratio=costs.macs / dense.macs,
-                    params_ratio=costs.params / dense.params, feasible=self.budget.holds(costs, dense), path=self.path)
+        base = Result(policy=policy, flops=costs.macs, params=costs.params, flops_ratio=costs.macs / dense.macs,
+                      params_ratio=costs.params / dense.params, feasible=self.budget.holds(costs, dense),
+                      path=self.path, latency=costs.latency, seconds=seconds)
         try:
             t = time.perf_counter()
             with self._pruned(policy) as model:
@@ -155,14 +156,14 @@ class Evaluator:
                 t = time.perf_counter()
                 acc = accuracy(model, self.val, batch_size=max(self.batch_size, 500))
                 seconds["validate"] = time.perf_counter() - t
-            reward = float(self.reward_fn(Result(**base, accuracy=acc, seconds=seconds), self.baseline))
+            reward = float(self.reward_fn(replace(base, accuracy=acc), self.baseline))
             if not math.isfinite(reward):
                 raise ValueError(f"reward returned {reward}")
         except Exception as e:  # a failed evaluation is a result, so a search can go on
             seconds["total"] = time.perf_counter() - start
-            return Result(**base, failed=f"{type(e).__name__}: {e}", seconds=seconds)
+            return replace(base, failed=f"{type(e).__name__}: {e}")
         seconds["total"] = time.perf_counter() - start
-        return Result(**base, accuracy=acc, reward=reward, seconds=seconds)
+        return replace(base, accuracy=acc, reward=reward)
 
     @contextmanager
     def _pruned(self, policy: Policy):  # type: ignore[no-untyped-def]
@@ -202,7 +203,9 @@ class Evaluator:
         """The dense model's accuracy and costs (computed once, on first use)."""
         if self._baseline is None:
             dense = self.space.dense_costs
-            self._baseline = Baseline(accuracy=self.dense_accuracy(), flops=dense.macs, params=dense.params)
+            target = self.budget.limits(dense).get("latency") if dense.latency is not None else None
+            self._baseline = Baseline(accuracy=self.dense_accuracy(), flops=dense.macs, params=dense.params,
+                                      latency=dense.latency, target_latency=target)
         return self._baseline
 
     def dense_accuracy(self) -> float:

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,10 +33,10 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.costs import SUPPORTED_LAYERS, count_costs
-from autoprune.search_spaces import GroupMember, GroupSpec, Policy, SearchSpace
+from autoprune.search_spaces import GroupMember, GroupSpec, SearchSpace
 
-__all__ = ["IMPORTANCE_NAMES", "Plan", "Pruner", "UnsupportedModelError", "discover_groups",
-           "export_onnx", "load_pruned", "save_pruned", "verify_cost_model"]
+__all__ = ["IMPORTANCE_NAMES", "Plan", "Pruner", "UnsupportedModelError", "apply_plan", "discover_groups",
+           "export_onnx", "load_pruned", "prune_shape_only", "save_pruned", "verify_cost_model"]
 
 IMPORTANCE_NAMES = ("l1", "l2", "bn_scale", "taylor", "fpgm", "lamp", "random")
 _ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -97,7 +97,8 @@ def _build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependenc
 
 def _layer_facts(module: nn.Module) -> dict[str, int]:
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return {"in_channels": module.in_channels, "kernel": int(module.kernel_size[0]), "stride": int(module.stride[0])}
+        return {"in_channels": module.in_channels, "kernel": int(module.kernel_size[0]),
+                "stride": int(module.stride[0])}
     if isinstance(module, nn.Linear):
         return {"in_channels": module.in_features, "kernel": 1, "stride": 1}
     return {"in_channels": 0, "kernel": 1, "stride": 1}
@@ -122,8 +123,8 @@ def discover_groups(model: nn.Module, example_inputs: torch.Tensor,
     # Attention heads: Torch-Pruning's trace loses the head structure behind reshape/permute, so a
     # head group is written out explicitly: head h owns rows {s*E + h*d + j} of qkv (s = q, k, v)
     # and columns {h*d + j} of proj.
-    for name, attn in attention.items():
-        qkv, proj, d = attn.qkv, attn.proj, attn.head_dim
+    for attn in attention.values():
+        qkv, proj, d = cast(nn.Linear, attn.qkv), cast(nn.Linear, attn.proj), cast(int, attn.head_dim)
         ignored.append(qkv)  # keep Torch-Pruning from making a (wrong) channel group of it
         if any(qkv is m for m in ignored_layers):
             continue
@@ -132,8 +133,8 @@ def discover_groups(model: nn.Module, example_inputs: torch.Tensor,
         j = np.arange(d)
         qkv_rows = np.stack([np.concatenate([s * e + h * d + j for s in range(3)]) for h in range(heads)])
         proj_cols = np.stack([h * d + j for h in range(heads)])
-        members = (GroupMember(names[qkv], True, qkv_rows), GroupMember(names[proj], False, proj_cols))
-        groups.append(GroupSpec(name=names[qkv], kind="heads", units=heads, unit_size=d, members=members,
+        heads_members = (GroupMember(names[qkv], True, qkv_rows), GroupMember(names[proj], False, proj_cols))
+        groups.append(GroupSpec(name=names[qkv], kind="heads", units=heads, unit_size=d, members=heads_members,
                                 position=order.get(names[qkv], 0), **_layer_facts(qkv)))
 
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_ROOT_TYPES):
@@ -258,7 +259,7 @@ class Pruner:
         policy = self.space.validate(policy)
         keep = self.space.keep_units(policy)
         plan: Plan = {}
-        for g, order, k in zip(self.space.groups, self.order, keep):
+        for g, order, k in zip(self.space.groups, self.order, keep, strict=True):
             pruned = np.sort(order[: g.units - int(k)])
             if len(pruned) == 0:
                 continue
@@ -343,23 +344,30 @@ def apply_plan(model: nn.Module, plan: Mapping[tuple[str, bool], Sequence[int]])
     return model
 
 
+def prune_shape_only(model: nn.Module, space: SearchSpace, policy: Mapping[str, float]) -> nn.Module:
+    """A physically pruned copy with the right shapes, removing the first units of each group.
+
+    Costs and latency depend only on how many channels stay, not which, so this needs no
+    importance ranking; use :class:`Pruner` for a model whose accuracy matters.
+    """
+    keep = space.keep_units(space.validate(policy))
+    plan: Plan = {}
+    for g, k in zip(space.groups, keep, strict=True):
+        if g.units - k:
+            for m in g.members:
+                plan.setdefault((m.module, m.out), []).extend(m.indices(np.arange(g.units - int(k))))
+    return apply_plan(copy.deepcopy(model), plan).eval()
+
+
 def verify_cost_model(model: nn.Module, space: SearchSpace, example_inputs: torch.Tensor, seed: int = 0) -> None:
     """Prune a random policy physically and check the analytic costs against counted ones."""
-    pruner_order = [np.arange(g.units) for g in space.groups]  # which channels go does not change costs
     policy = space.sample(np.random.default_rng(seed))
-    keep = space.keep_units(policy)
-    plan: Plan = {}
-    for g, order, k in zip(space.groups, pruner_order, keep):
-        for m in g.members:
-            if g.units - k:
-                plan.setdefault((m.module, m.out), []).extend(m.indices(order[: g.units - int(k)]))
-    pruned = apply_plan(copy.deepcopy(model), plan)
     try:
-        counted = count_costs(pruned, example_inputs)
+        counted = count_costs(prune_shape_only(model, space, policy), example_inputs)
     except Exception as e:
         raise UnsupportedModelError(f"the model no longer runs after pruning ({type(e).__name__}: {e}); "
                                     "add the offending layers to ignored_layers") from e
-    predicted = space.costs(policy)
+    predicted = space.cost_model.costs(space.keep_units(policy))
     if counted != predicted:
         raise UnsupportedModelError(
             f"analytic costs {predicted} differ from counted {counted} after pruning; the model uses "

@@ -37,19 +37,25 @@ class Reward(Protocol):
     def __call__(self, result: Result, baseline: Baseline) -> float: ...
 
 
+def _accuracy(result: Result) -> float:
+    if result.accuracy is None:
+        raise ValueError("the result has no accuracy to reward")
+    return float(result.accuracy)
+
+
 def accuracy(result: Result, baseline: Baseline) -> float:
     """AMC's reward for budget-constrained search: the budget is enforced, so maximise accuracy."""
-    return float(result.accuracy)
+    return _accuracy(result)
 
 
 def acc_flops(result: Result, baseline: Baseline) -> float:
     """AMC's resource-aware reward ``-error * log(FLOPs)``: trades accuracy against FLOPs."""
-    return -(1.0 - float(result.accuracy)) * math.log(result.flops)
+    return -(1.0 - _accuracy(result)) * math.log(result.flops)
 
 
 def acc_params(result: Result, baseline: Baseline) -> float:
     """``-error * log(params)``: trades accuracy against model size."""
-    return -(1.0 - float(result.accuracy)) * math.log(result.params)
+    return -(1.0 - _accuracy(result)) * math.log(result.params)
 
 
 def acc_latency(result: Result, baseline: Baseline, w: float = -0.07) -> float:
@@ -60,7 +66,7 @@ def acc_latency(result: Result, baseline: Baseline, w: float = -0.07) -> float:
     target = baseline.target_latency or baseline.latency
     if result.latency is None or not target:
         raise ValueError("acc_latency needs measured latencies: give the evaluator a latency model")
-    return float(result.accuracy) * (result.latency / target) ** w
+    return _accuracy(result) * (result.latency / target) ** w
 
 
 REWARDS: dict[str, Reward] = {"accuracy": accuracy, "acc_flops": acc_flops, "acc_params": acc_params,

@@ -74,7 +74,8 @@ def train(model: nn.Module, data: TensorDataset, config: TrainConfig = TrainConf
     if teacher is not None:
         teacher.eval()
     model.train()
-    step, batches, running = 0, [], float("nan")
+    step, running = 0, float("nan")
+    batches: list[torch.Tensor] = []
     with track_progress("training", total, enabled=show_progress) as bar:
         while step < total:
             if not batches:

@@ -70,9 +70,9 @@ def bench_model(name: str, data, n_policies: int) -> dict:
                 pass
 
         row = {"flops_ratio": space.costs(policy).macs / space.dense_costs.macs,
-               "mask_s": timed(mask_once, 3), "exact_replay_s": timed(lambda: pruner.prune(policy), 3),
-               "exact_retrace_s": timed(lambda: pruner.prune_retraced(policy)),
-               "analytic_cost_s": timed(lambda: space.costs(policy), 200),
+               "mask_s": timed(mask_once, 3), "exact_replay_s": timed(lambda p=policy: pruner.prune(p), 3),
+               "exact_retrace_s": timed(lambda p=policy: pruner.prune_retraced(p)),
+               "analytic_cost_s": timed(lambda p=policy: space.costs(p), 200),
                "projection_s": timed(lambda: uniform_policy(space, Budget(flops=0.5)), 3)}
         for path, ev in evaluators.items():
             r = ev(policy)
@@ -91,7 +91,8 @@ def to_markdown(results: list[dict], command: str) -> str:
     lines = [
         "# Pruner benchmark", "", f"Command: `{command}`", "",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread; inputs 1x28x28 (Fashion-MNIST). Medians over random policies near 50% FLOPs. "
+        f"{torch.get_num_threads()} thread; inputs 1x28x28 (Fashion-MNIST). "
+        "Medians over random policies near 50% FLOPs. "
         "An evaluation = adaptive BN on 512 TRAIN images + accuracy on 2,000 validation images. "
         "Overhead = everything but the forward passes (target <= 10%); analytic cost target <= 5 ms.", "",
         "| model | groups | mask apply+restore | exact: replay plan | exact: re-trace graph | analytic cost "

@@ -21,7 +21,10 @@ REFERENCE_DIR = Path(__file__).parent / "checkpoints"
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
-    """Save ``model``'s weights and ``meta`` (must include ``model``, ``in_channels``, ``num_classes``, ``image_size``)."""
+    """Save ``model``'s weights and ``meta``.
+
+    ``meta`` must include ``model``, ``in_channels``, ``num_classes`` and ``image_size``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -87,13 +87,13 @@ class VGG(nn.Module):
         c = in_channels
         size = image_size
         for v in _VGG_CFG[depth]:
-            if v == "M":
+            if not isinstance(v, int):  # "M": a max-pool
                 if size >= 2:  # small inputs (digits 8x8) skip pools they cannot afford
                     layers.append(nn.MaxPool2d(2))
                     size //= 2
                 continue
-            layers += [nn.Conv2d(c, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU()]
-            c = int(v)
+            layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU()]
+            c = v
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(c, 512), nn.ReLU(), nn.Linear(512, num_classes))
@@ -130,7 +130,8 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0) -> None:
         super().__init__()
-        cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+        cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),  # (expand, channels, blocks, stride)
+               (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
         c = int(32 * width)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU6()]
         for t, ch, n, s in cfg:
@@ -275,9 +276,11 @@ def default_ignored_layers(model: nn.Module) -> list[nn.Module]:
     embedding width runs through LayerNorms, whose statistics change when channels are removed;
     pruning heads and MLP widths instead keeps every group exact under masks as well.
     """
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    ignored: list[nn.Module] = layers[-1:]
+    layers: list[nn.Module] = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    ignored = layers[-1:]
     if isinstance(model, ViT):
         ignored.append(model.patch_embed)
-        ignored += [blk.attn.proj for blk in model.blocks] + [blk.fc2 for blk in model.blocks]
+        for block in model.blocks:
+            assert isinstance(block, ViTBlock)
+            ignored += [block.attn.proj, block.fc2]
     return ignored

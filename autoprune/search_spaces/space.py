@@ -23,6 +23,7 @@ from autoprune.search_spaces.policy import Policy, PolicyError
 
 if TYPE_CHECKING:
     from autoprune.costs import CostModel, Costs
+    from autoprune.latency import LatencyTable
 
 __all__ = ["GroupMember", "GroupSpec", "SearchSpace"]
 
@@ -108,6 +109,7 @@ class SearchSpace:
         self.cost_model = cost_model
         self._index = {g.name: i for i, g in enumerate(self.groups)}
         self._units = np.array([g.units for g in self.groups], dtype=np.int64)
+        self.latency_table: LatencyTable | None = None
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -232,13 +234,24 @@ class SearchSpace:
         """A policy drawn uniformly within the bounds."""
         return Policy({g.name: float(rng.uniform(g.low, g.high)) for g in self.groups})
 
+    def attach_latency(self, table: LatencyTable) -> None:
+        """Make :meth:`costs` also predict latency with ``table`` (so latency budgets can be enforced)."""
+        self.latency_table = table
+
     def costs(self, policy: Mapping[str, float]) -> Costs:
-        """Exact FLOPs (MACs) and parameters of the pruned model, without pruning anything."""
-        return self.cost_model.costs(self.keep_units(policy))
+        """Exact FLOPs (MACs) and parameters of the pruned model, without pruning anything, plus
+        its predicted latency when a latency table is attached."""
+        return self._costs(self.keep_units(policy))
+
+    def _costs(self, keep: np.ndarray) -> Costs:
+        c = self.cost_model.costs(keep)
+        if self.latency_table is None:
+            return c
+        return replace(c, latency=self.latency_table.predict(self, keep))
 
     @property
     def dense_costs(self) -> Costs:
-        return self.cost_model.dense
+        return self._costs(self._units)
 
     def summary(self) -> list[dict[str, object]]:
         """One row per group (name, kind, units, layers, FLOPs share) for tables and reports."""

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from autoprune.models import create_model
 from autoprune.search_spaces import Policy, PolicyError, SearchSpace

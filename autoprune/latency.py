@@ -1,0 +1,365 @@
+"""Latency: direct measurement on the machine running the search, and a lookup table that predicts
+a policy's latency in microseconds.
+
+Measurement (:func:`measure`) follows what CPU timing needs to be trusted: one thread, warm-up,
+candidates *interleaved* round by round (so a noisy neighbour slows all of them alike), and the
+median of many samples, each long enough (>= 1 ms) for the clock.
+
+The table (:class:`LatencyTable`) times every prunable Conv/Linear layer alone, on a grid of kept
+(output, input) widths, in the target runtime, and interpolates between grid points. Identical
+layers (ResNet blocks of one stage) share measurements. What the layers do not cover (BatchNorm,
+activations, additions, pooling, framework overhead) is fitted as ``a + b * activation size`` from
+a few whole-model measurements, together with a scale on the summed layer times: a layer run
+alone pays per-call overhead (input copies, output allocation) and misses the fusions the runtime
+applies in the whole graph (onnxruntime folds BatchNorm into the conv and fuses activations).
+Tables are cached on disk, keyed by model, input shape, runtime
+and machine, so they are measured once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.search_spaces import SearchSpace
+
+__all__ = ["RUNTIMES", "LatencyTable", "make_runner", "measure", "measure_latency"]
+
+RUNTIMES = ("torch", "onnxruntime")
+CACHE_ENV = "AUTOPRUNE_CACHE"
+
+
+@contextmanager
+def _one_thread():  # type: ignore[no-untyped-def]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def make_runner(model: nn.Module, x: torch.Tensor, runtime: str = "torch") -> Callable[[], Any]:
+    """A zero-argument callable running one inference of ``model`` on ``x`` in ``runtime``."""
+    model.eval()
+    if runtime == "torch":
+        def run_torch() -> Any:
+            with torch.inference_mode():
+                return model(x)
+        return run_torch
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # The TorchScript exporter takes ~0.05 s a layer; the dynamo one takes seconds. Same graph here.
+            torch.onnx.export(model, (x,), buffer, input_names=["input"], dynamo=False)  # type: ignore[arg-type]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        # Bind input and output buffers once: a plain run() copies the input and allocates the
+        # output on every call, which is not what a deployed model pays per layer.
+        x_np = np.ascontiguousarray(x.numpy())
+        with torch.inference_mode():
+            y_np = np.empty(tuple(model(x).shape), dtype=np.float32)
+        binding = session.io_binding()
+        binding.bind_cpu_input("input", x_np)
+        binding.bind_output(session.get_outputs()[0].name, "cpu", 0, np.float32, list(y_np.shape), y_np.ctypes.data)
+        buffers = (x_np, y_np)  # onnxruntime holds raw pointers: keep the arrays alive with the runner
+
+        def run_ort() -> Any:
+            session.run_with_iobinding(binding)
+            return buffers[1]
+        return run_ort
+    raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+
+
+def measure(runners: Mapping[str, Callable[[], Any]], *, repeats: int = 15, warmup: int = 2,
+            min_sample_s: float = 1e-3) -> dict[str, float]:
+    """Median seconds per call of each runner, measured interleaved on one thread."""
+    with _one_thread():
+        inner = {}
+        for name, run in runners.items():
+            for _ in range(warmup):
+                run()
+            t = time.perf_counter()
+            run()
+            once = max(time.perf_counter() - t, 1e-7)
+            inner[name] = max(1, math.ceil(min_sample_s / once))
+        samples: dict[str, list[float]] = {name: [] for name in runners}
+        names = list(runners)
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
+                run, n = runners[name], inner[name]
+                t = time.perf_counter()
+                for _ in range(n):
+                    run()
+                samples[name].append((time.perf_counter() - t) / n)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def measure_latency(model: nn.Module, x: torch.Tensor, runtime: str = "torch", *, repeats: int = 15) -> float:
+    """Median latency in seconds of ``model`` on ``x`` (one thread)."""
+    return measure({"m": make_runner(model, x, runtime)}, repeats=repeats)["m"]
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _TableLayer:
+    name: str
+    out_grid: np.ndarray
+    in_grid: np.ndarray  # a single 1 for depthwise convs (input tied to output)
+    seconds: np.ndarray  # (len(out_grid), len(in_grid))
+
+    def predict(self, out: int, inp: int) -> float:
+        return float(_interp2(self.out_grid, self.in_grid, self.seconds, out, inp))
+
+
+def _interp2(xg: np.ndarray, yg: np.ndarray, z: np.ndarray, x: float, y: float) -> float:
+    def locate(grid: np.ndarray, v: float) -> tuple[int, int, float]:
+        if len(grid) == 1:
+            return 0, 0, 0.0
+        i = int(np.clip(np.searchsorted(grid, v) - 1, 0, len(grid) - 2))
+        return i, i + 1, float(np.clip((v - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0))
+    i0, i1, fx = locate(xg, x)
+    j0, j1, fy = locate(yg, y)
+    return ((1 - fx) * (1 - fy) * z[i0, j0] + fx * (1 - fy) * z[i1, j0]
+            + (1 - fx) * fy * z[i0, j1] + fx * fy * z[i1, j1])
+
+
+@dataclass
+class LatencyTable:
+    """Predicts a policy's latency from per-layer measurements (see the module docstring).
+
+    Build with :meth:`build`; then ``space.attach_latency(table)`` makes ``space.costs(policy)``
+    carry a predicted ``latency`` that budgets, the environment's action wall and the projection use.
+    """
+
+    runtime: str
+    batch: int
+    key: str
+    layers: list[_TableLayer]
+    activation: dict[str, int]  # per Conv/Linear layer: output positions per output channel
+    calibration: tuple[float, float, float]  # latency = a + c * sum(layer times) + b * activation ratio
+    dense_measured: float
+    build_seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def _activation(self, sizes: Mapping[str, tuple[int, int]]) -> float:
+        return float(sum(sizes[n][0] * per for n, per in self.activation.items()))
+
+    def _features(self, sizes: Mapping[str, tuple[int, int]], dense_activation: float) -> list[float]:
+        return [1.0, sum(t.predict(*sizes[t.name]) for t in self.layers), self._activation(sizes) / dense_activation]
+
+    def predict_sizes(self, sizes: Mapping[str, tuple[int, int]], dense_activation: float) -> float:
+        return float(np.dot(self.calibration, self._features(sizes, dense_activation)))
+
+    def predict(self, space: SearchSpace, keep: np.ndarray) -> float:
+        """Predicted seconds per inference when group ``i`` keeps ``keep[i]`` units."""
+        cm = space.cost_model
+        return self.predict_sizes(cm.layer_sizes(keep), self._dense_activation(space))
+
+    def _dense_activation(self, space: SearchSpace) -> float:
+        if "dense_activation" not in self.meta:
+            self.meta["dense_activation"] = self._activation(space.cost_model.layer_sizes(space.cost_model.units))
+        return float(self.meta["dense_activation"])
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, model: nn.Module, space: SearchSpace, *, runtime: str = "torch", batch: int = 1,
+              levels: int = 8, repeats: int = 9, calibration_policies: int = 8,
+              cache_dir: str | os.PathLike[str] | None = None,
+              show_progress: bool = True) -> LatencyTable:
+        """Measure (or load from the cache) the table of ``model`` for ``runtime`` and ``batch``."""
+        from autoprune.progress import track_progress
+        from autoprune.pruning import prune_shape_only
+
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+        cm = space.cost_model
+        in_shape = tuple(cm.shapes[cm.layer_names[0]][0][1:])  # first layer's input (C, H, W)
+        candidates = _candidate_keeps(space, levels)
+        key = _table_key(model, in_shape, runtime, batch, calibration_policies, [c.tolist() for c in candidates])
+        cache = Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "autoprune") / "latency"
+        path = cache / f"{key}.json"
+        if path.exists():
+            return cls._load(path)
+        start = time.perf_counter()
+        modules = dict(model.named_modules())
+        plans = []  # (layer name, out grid, in grid, depthwise)
+        for name in cm.layer_names:
+            module = modules.get(name)
+            if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                continue
+            layer = cm._layers[cm.layer_names.index(name)]
+            if layer.out is None and layer.inp is None:
+                continue  # never pruned: part of the constant remainder
+
+            def grid(dim: tuple[int, int] | None, dense: int) -> np.ndarray:
+                if dim is None:
+                    return np.array([dense])
+                g, k = dim
+                return np.unique(dense - k * (cm.units[g] - candidates[g]))
+            depthwise = isinstance(module, (nn.Conv1d, nn.Conv2d)) and layer.dense_in == 1 and module.groups > 1
+            plans.append((name, grid(layer.out, layer.dense_out), np.array([1]) if depthwise else
+                          grid(layer.inp, layer.dense_in), depthwise))
+        signatures: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {}
+        cells: list[list[str]] = []
+        for name, out_grid, in_grid, depthwise in plans:
+            row = []
+            for out in out_grid:
+                for inp in in_grid:
+                    sig, factory = _standalone(modules[name], cm.shapes[name][0], int(out), int(inp), depthwise, batch)
+                    row.append(sig)
+                    signatures.setdefault(sig, factory)
+            cells.append(row)
+        seconds: dict[str, float] = {}
+        with track_progress(f"latency table ({runtime}, batch {batch})", len(signatures), enabled=show_progress) as bar:
+            for sig, factory in signatures.items():
+                layer_module, layer_input = factory()
+                seconds[sig] = measure({sig: make_runner(layer_module, layer_input, runtime)}, repeats=repeats)[sig]
+                bar.advance(1)
+        layers = [_TableLayer(name, out_grid, in_grid, np.array([seconds[s] for s in row]).reshape(len(out_grid), -1))
+                  for (name, out_grid, in_grid, _), row in zip(plans, cells, strict=True)]
+        activation = {n: math.prod(cm.shapes[n][1][2:]) if isinstance(modules[n], (nn.Conv1d, nn.Conv2d))
+                      else math.prod(cm.shapes[n][1][1:-1]) or 1
+                      for n in cm.layer_names if isinstance(modules.get(n), (nn.Conv1d, nn.Conv2d, nn.Linear))}
+        table = cls(runtime, batch, key, layers, activation, (0.0, 1.0, 0.0), 0.0)
+        # Calibrate on whole models: dense, uniform policies across the bounds and random ones
+        # (a fixed seed, so a rebuilt table is the same experiment).
+        x = torch.randn(batch, *in_shape)
+        top = max(g.high for g in space.groups)
+        rng = np.random.default_rng(20181106)
+        policies = [space.uniform(r) for r in np.linspace(0.0, top, 4)]
+        policies += [space.sample(rng) for _ in range(calibration_policies)]
+        measured = measure({str(i): make_runner(prune_shape_only(model, space, p), x, runtime)
+                            for i, p in enumerate(policies)}, repeats=repeats)
+        dense_act = table._dense_activation(space)
+        rows = [table._features(cm.layer_sizes(space.keep_units(p)), dense_act) for p in policies]
+        target = np.array([measured[str(i)] for i in range(len(policies))])
+        # Relative least squares: every model counts the same, however fast it is.
+        weights = 1.0 / target
+        coef = np.linalg.lstsq(np.array(rows) * weights[:, None], target * weights, rcond=None)[0]
+        table.calibration = tuple(float(c) for c in coef)  # type: ignore[assignment]
+        table.dense_measured = measured["0"]
+        table.build_seconds = time.perf_counter() - start
+        table.meta.update({"input_shape": list(in_shape), "levels": levels, "machine": _machine(),
+                           "measured_signatures": len(signatures)})
+        table._save(path)
+        return table
+
+    def _save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"runtime": self.runtime, "batch": self.batch, "key": self.key, "calibration": self.calibration,
+                "dense_measured": self.dense_measured, "build_seconds": self.build_seconds, "meta": self.meta,
+                "activation": self.activation,
+                "layers": [{"name": t.name, "out_grid": t.out_grid.tolist(), "in_grid": t.in_grid.tolist(),
+                            "seconds": t.seconds.tolist()} for t in self.layers]}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(blob))
+        os.replace(tmp, path)
+
+    @classmethod
+    def _load(cls, path: Path) -> LatencyTable:
+        blob = json.loads(path.read_text())
+        layers = [_TableLayer(t["name"], np.array(t["out_grid"]), np.array(t["in_grid"]), np.array(t["seconds"]))
+                  for t in blob["layers"]]
+        meta = dict(blob["meta"])
+        meta["cache_file"] = str(path)
+        return cls(blob["runtime"], blob["batch"], blob["key"], layers, blob["activation"],
+                   tuple(blob["calibration"]), blob["dense_measured"], blob["build_seconds"], meta)  # type: ignore[arg-type]
+
+    def check(self, model: nn.Module, space: SearchSpace, policies: Sequence[Mapping[str, float]], *,
+              repeats: int = 15) -> list[dict[str, float]]:
+        """Predicted vs directly measured latency of physically pruned ``policies``.
+
+        The dense model is measured in the same interleaved rounds, so besides the absolute error
+        each row has the error of the latency *ratio to dense*, which is what a fractional latency
+        budget uses and which machine-wide drift (other processes, clock changes) cancels out of.
+        """
+        from autoprune.pruning import prune_shape_only
+
+        x = torch.randn(self.batch, *self.meta["input_shape"])
+        runners = {"dense": make_runner(model, x, self.runtime)}
+        runners.update({str(i): make_runner(prune_shape_only(model, space, p), x, self.runtime)
+                        for i, p in enumerate(policies)})
+        measured = measure(runners, repeats=repeats)
+        dense_predicted = self.predict(space, space.cost_model.units)
+        rows = []
+        for i, p in enumerate(policies):
+            predicted, m = self.predict(space, space.keep_units(p)), measured[str(i)]
+            ratio_p, ratio_m = predicted / dense_predicted, m / measured["dense"]
+            rows.append({"predicted_s": predicted, "measured_s": m, "relative_error": abs(predicted - m) / m,
+                         "predicted_ratio": ratio_p, "measured_ratio": ratio_m,
+                         "ratio_error": abs(ratio_p - ratio_m) / ratio_m})
+        return rows
+
+
+def _candidate_keeps(space: SearchSpace, levels: int) -> list[np.ndarray]:
+    """Per group, up to ``levels`` kept-unit counts the space can produce (its bounds and round_to),
+    evenly spread from the most pruned to the dense width, so the grid holds only reachable widths."""
+    out = []
+    for i, g in enumerate(space.groups):
+        ratios = np.linspace(g.low, g.high, 256)
+        reachable = np.unique([space.keep_units({g.name: r})[i] for r in ratios] + [g.units])
+        if len(reachable) > levels:
+            reachable = reachable[np.unique(np.round(np.linspace(0, len(reachable) - 1, levels)).astype(int))]
+        out.append(reachable)
+    return out
+
+
+def _standalone(module: nn.Module, in_shape: torch.Size, out: int, inp: int, depthwise: bool,
+                batch: int) -> tuple[str, Callable[[], tuple[nn.Module, torch.Tensor]]]:
+    """Signature and factory of ``module`` alone at the given kept widths."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        cls_ = type(module)
+        groups = out if depthwise else module.groups
+        in_ch = out if depthwise else inp * module.groups
+        spatial = tuple(in_shape[2:])
+        sig = (f"{cls_.__name__}|k{module.kernel_size}|s{module.stride}|p{module.padding}|d{module.dilation}"
+               f"|g{groups}|b{module.bias is not None}|in{in_ch}|out{out}|x{spatial}|B{batch}")
+
+        def make_conv() -> tuple[nn.Module, torch.Tensor]:
+            m = cls_(in_ch, out, module.kernel_size, module.stride, module.padding, module.dilation,  # type: ignore[arg-type]
+                     groups=groups, bias=module.bias is not None)
+            return m.eval(), torch.randn(batch, in_ch, *spatial)
+        return sig, make_conv
+    assert isinstance(module, nn.Linear)
+    mid = tuple(in_shape[1:-1])
+    sig = f"Linear|b{module.bias is not None}|in{inp}|out{out}|x{mid}|B{batch}"
+
+    def make_linear() -> tuple[nn.Module, torch.Tensor]:
+        return nn.Linear(inp, out, bias=module.bias is not None).eval(), torch.randn(batch, *mid, inp)
+    return sig, make_linear
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime
+
+    return {"node": platform.node(), "machine": platform.machine(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _table_key(model: nn.Module, in_shape: tuple[int, ...], runtime: str, batch: int, *options: Any) -> str:
+    shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
+    text = json.dumps([repr(model), shapes, in_shape, runtime, batch, options, _machine()], default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+
+from autoprune.budget import Budget, project, uniform_policy
+from autoprune.latency import LatencyTable, make_runner, measure, measure_latency
+from autoprune.models import create_model
+from autoprune.search_spaces import SearchSpace
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("resnet20", in_channels=1, image_size=8).eval()
+    space = SearchSpace.from_model(model, torch.randn(1, 1, 8, 8), round_to=4)
+    cache = tmp_path_factory.mktemp("latency-cache")
+    table = LatencyTable.build(model, space, levels=3, repeats=3, calibration_policies=2, cache_dir=cache,
+                               show_progress=False)
+    return model, space, table, cache
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_runners_compute_the_model(runtime):
+    model = create_model("cnn1d", in_channels=1, image_size=8).eval()
+    x = torch.randn(2, 1, 8, 8)
+    out = make_runner(model, x, runtime)()
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(out), model(x).numpy(), atol=1e-4)
+
+
+def test_measure_returns_a_median_per_candidate():
+    small_m, big_m = torch.nn.Linear(8, 8), torch.nn.Linear(512, 512)
+    x8, x512 = torch.randn(64, 8), torch.randn(64, 512)
+    t = measure({"small": make_runner(small_m, x8), "big": make_runner(big_m, x512)}, repeats=5)
+    assert set(t) == {"small", "big"} and 0 < t["small"] < t["big"]
+    assert measure_latency(small_m, x8, repeats=3) > 0
+
+
+def test_table_is_cached_on_disk_and_reloads_identically(small):
+    model, space, table, cache = small
+    files = list((cache / "latency").glob("*.json"))
+    assert len(files) == 1
+    again = LatencyTable.build(model, space, levels=3, repeats=3, calibration_policies=2, cache_dir=cache,
+                               show_progress=False)
+    assert again.meta.get("cache_file") == str(files[0])
+    keep = space.keep_units(space.uniform(0.5))
+    assert again.predict(space, keep) == pytest.approx(table.predict(space, keep))
+
+
+def test_cache_key_separates_runtime_and_grid(small, tmp_path):
+    model, space, _, _ = small
+    other = SearchSpace.from_model(model, torch.randn(1, 1, 8, 8), round_to=None)
+    LatencyTable.build(model, other, levels=3, repeats=3, calibration_policies=2, cache_dir=tmp_path,
+                       show_progress=False)
+    LatencyTable.build(model, space, levels=3, repeats=3, calibration_policies=2, cache_dir=tmp_path,
+                       show_progress=False)
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 2
+
+
+def test_latency_budget_is_enforced_by_prediction(small):
+    model, space, table, _ = small
+    space.attach_latency(table)
+    try:
+        dense = space.dense_costs
+        assert dense.latency and dense.latency > 0
+        budget = Budget(latency=0.7)
+        policy = uniform_policy(space, budget)
+        assert space.costs(policy).latency <= 0.7 * dense.latency
+        projected = project(space, budget, space.uniform(0.0))
+        assert budget.holds(space.costs(projected), dense)
+    finally:
+        space.latency_table = None
+
+
+def test_check_reports_ratio_and_absolute_errors(small):
+    model, space, table, _ = small
+    rows = table.check(model, space, [space.uniform(0.5)], repeats=3)
+    assert set(rows[0]) >= {"predicted_s", "measured_s", "relative_error", "ratio_error"}
+
+
+def test_latency_budget_without_a_table_is_a_clear_error(small):
+    _, space, _, _ = small
+    with pytest.raises(ValueError, match="needs a latency table"):
+        Budget(latency=0.5).holds(space.costs(space.uniform(0.1)), space.dense_costs)
+    with pytest.raises(ValueError, match="fraction of dense latency"):
+        Budget(latency=3.0)
+    with pytest.raises(ValueError, match="unknown runtime"):
+        make_runner(torch.nn.Linear(2, 2), torch.randn(1, 2), "tflite")
+
+
+def test_env_keeps_episodes_within_a_latency_budget(small):
+    from autoprune.envs import PruneEnv
+    from autoprune.evaluation import Evaluator
+    from tests.conftest import random_data
+
+    model, space, table, _ = small
+    space.attach_latency(table)
+    try:
+        data = random_data(8, shape=(1, 8, 8))
+        budget = Budget(latency=0.9, flops=0.8)
+        env = PruneEnv(Evaluator(model, space, train_data=data, val_data=data, budget=budget, val_size=8,
+                                 bn_batches=1, batch_size=8, path="exact"))
+        rng = np.random.default_rng(0)
+        for episode in range(5):
+            env.reset(seed=episode)
+            done = False
+            while not done:
+                _, _, done, _, info = env.step(rng.random(1).astype(np.float32))
+            r = info["result"]
+            assert r.feasible and r.latency <= 0.9 * space.dense_costs.latency and r.flops_ratio <= 0.8
+    finally:
+        space.latency_table = None
