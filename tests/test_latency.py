@@ -19,6 +19,15 @@ def small(tmp_path_factory):
     return model, space, table, cache
 
 
+def _reachable_latency_fraction(space):
+    """Halfway between dense and the most-pruned latency: a target the space can always reach.
+
+    On 8x8 inputs most of the latency is framework overhead, so a fixed target could be infeasible.
+    """
+    most = space.costs(space.uniform(max(g.high for g in space.groups))).latency
+    return (1 + most / space.dense_costs.latency) / 2
+
+
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 def test_runners_compute_the_model(runtime):
     model = create_model("cnn1d", in_channels=1, image_size=8).eval()
@@ -63,9 +72,10 @@ def test_latency_budget_is_enforced_by_prediction(small):
     try:
         dense = space.dense_costs
         assert dense.latency and dense.latency > 0
-        budget = Budget(latency=0.7)
+        target = _reachable_latency_fraction(space)
+        budget = Budget(latency=target)
         policy = uniform_policy(space, budget)
-        assert space.costs(policy).latency <= 0.7 * dense.latency
+        assert space.costs(policy).latency <= target * dense.latency
         projected = project(space, budget, space.uniform(0.0))
         assert budget.holds(space.costs(projected), dense)
     finally:
@@ -97,7 +107,8 @@ def test_env_keeps_episodes_within_a_latency_budget(small):
     space.attach_latency(table)
     try:
         data = random_data(8, shape=(1, 8, 8))
-        budget = Budget(latency=0.9, flops=0.8)
+        target = _reachable_latency_fraction(space)
+        budget = Budget(latency=target, flops=0.8)
         env = PruneEnv(Evaluator(model, space, train_data=data, val_data=data, budget=budget, val_size=8,
                                  bn_batches=1, batch_size=8, path="exact"))
         rng = np.random.default_rng(0)
@@ -107,6 +118,6 @@ def test_env_keeps_episodes_within_a_latency_budget(small):
             while not done:
                 _, _, done, _, info = env.step(rng.random(1).astype(np.float32))
             r = info["result"]
-            assert r.feasible and r.latency <= 0.9 * space.dense_costs.latency and r.flops_ratio <= 0.8
+            assert r.feasible and r.latency <= target * space.dense_costs.latency and r.flops_ratio <= 0.8
     finally:
         space.latency_table = None
