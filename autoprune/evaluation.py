@@ -49,10 +49,20 @@ class Result:
     path: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def ok(self) -> bool:
+        """Evaluated without error and within budget: a candidate for "best"."""
+        return self.failed is None and self.feasible
+
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable data (what the ledger stores)."""
         d = asdict(self)
         d["policy"] = self.policy.to_dict()
         return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        return cls(**{**data, "policy": Policy(data["policy"]), "seconds": dict(data.get("seconds", {}))})
 
 
 def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:

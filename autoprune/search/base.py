@@ -1,0 +1,133 @@
+"""The Searcher contract every backend implements.
+
+A searcher proposes policies, the shared budget projection makes them feasible, the evaluator
+scores them and the ledger records each exactly once. Subclasses implement :meth:`_step` (one unit
+of work: a batch of random policies, a generation, a batch of Optuna trials, a DDPG episode) and
+their extra state; everything else is here, so every backend behaves the same: seeded, always
+within budget, resumable from :meth:`state_dict`, and never evaluating a policy twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autoprune.budget import project
+from autoprune.evaluation import Evaluator, Result
+from autoprune.progress import track_progress
+from autoprune.search.ledger import Ledger
+from autoprune.search_spaces import Policy
+
+__all__ = ["Searcher"]
+
+log = logging.getLogger(__name__)
+Callback = Callable[["Searcher", list[Result]], None]
+
+
+class Searcher(ABC):
+    """Base of every search backend.
+
+    Args:
+        evaluator: scores policies; its space and budget define the search.
+        seed: seeds every random choice of the backend.
+        ledger: where evaluations are recorded (default: a fresh in-memory ledger).
+    """
+
+    name: ClassVar[str] = ""
+    max_stale_steps: ClassVar[int] = 50  # steps proposing only already-evaluated policies before giving up
+
+    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: Ledger | None = None) -> None:
+        self.evaluator = evaluator
+        self.space = evaluator.space
+        self.budget = evaluator.budget
+        self.seed = seed
+        self.ledger = ledger if ledger is not None else Ledger(self.space, directions=self.directions)
+        self.rng = np.random.default_rng(seed)
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def directions(self) -> Sequence[str]:
+        """Objective directions of this backend's ledger study (single-objective: maximise reward)."""
+        return ("maximize",)
+
+    def objectives(self, result: Result) -> list[float] | None:
+        """The values recorded for a result (default: its reward)."""
+        return None
+
+    @abstractmethod
+    def _step(self, limit: int) -> list[Result]:
+        """Run at most ``limit`` new evaluations (one unit of work) and return their results."""
+
+    @property
+    def done(self) -> bool:
+        """True when the backend has nothing left to propose (e.g. the uniform baseline)."""
+        return False
+
+    # ----------------------------------------------------------------------------------------
+    def step(self, limit: int | None = None) -> list[Result]:
+        """One unit of work (capped at ``limit`` evaluations); returns the results it produced."""
+        return self._step(limit if limit is not None else 1 << 30)
+
+    def run(self, n_evaluations: int, *, callback: Callback | None = None, show_progress: bool = True) -> Result | None:
+        """Search until the ledger holds ``n_evaluations`` distinct evaluations; return the best.
+
+        Calling it again with a larger number continues the same search (also after
+        :meth:`load_state_dict`).
+        """
+        stale = 0
+        with track_progress(f"{self.name} search", n_evaluations, enabled=show_progress) as bar:
+            bar.advance(min(len(self.ledger), n_evaluations))
+            while len(self.ledger) < n_evaluations and not self.done and stale < self.max_stale_steps:
+                before = len(self.ledger)
+                results = self.step(n_evaluations - before)
+                new = len(self.ledger) - before
+                stale = 0 if new else stale + 1
+                best = self.best
+                bar.advance(new, best_reward=best.reward if best else float("nan"),
+                            best_acc=best.accuracy if best and best.accuracy is not None else float("nan"))
+                if callback is not None:
+                    callback(self, results)
+        if stale >= self.max_stale_steps:
+            log.warning("%s proposed only already-evaluated policies for %d steps; stopping at %d evaluations",
+                        self.name, stale, len(self.ledger))
+        return self.best
+
+    @property
+    def best(self) -> Result | None:
+        return self.ledger.best()
+
+    def evaluate(self, policy: Policy, *, trial: Any = None, repair: bool = True) -> Result:
+        """Project ``policy`` into the budget, reuse a recorded equivalent or evaluate and record it."""
+        if repair:
+            policy = project(self.space, self.budget, policy)
+        cached = self.ledger.get(policy)
+        if cached is not None:
+            if trial is not None:  # the asking sampler still needs an answer
+                self.ledger.record(cached, backend=self.name, seed=self.seed, trial=trial,
+                                   values=self.objectives(cached), cached=True)
+            return cached
+        result = self.evaluator(policy)
+        self.ledger.record(result, backend=self.name, seed=self.seed, trial=trial, values=self.objectives(result))
+        return result
+
+    # ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue identically (the ledger lives in its own storage)."""
+        return {"backend": self.name, "seed": self.seed, "rng": self.rng.bit_generator.state, **self._extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("backend") != self.name:
+            raise ValueError(f"state of backend {state.get('backend')!r} cannot be loaded into {self.name!r}")
+        self.seed = state["seed"]
+        self.rng.bit_generator.state = state["rng"]
+        self._load_extra_state(state)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,127 @@
+"""The ledger: every evaluation of every backend, recorded exactly once, in an Optuna study.
+
+An Optuna study in RDB storage (a SQLite file in the run directory by default; any SQLAlchemy URL,
+e.g. PostgreSQL, for clusters) holds one trial per evaluation: the policy as the trial's
+parameters, the reward (or the search's objectives) as its value(s), and the full
+:class:`~autoprune.evaluation.Result` in its user attributes. DDPG episodes and evolution
+individuals become trials like Optuna's own, so resuming, reporting and ``optuna-dashboard``
+work the same for every backend.
+
+Evaluations are cached by the *kept channel counts* of a policy: two policies that round to the
+same pruned network are the same evaluation, and one already in the ledger is never run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from autoprune.evaluation import Result
+from autoprune.search_spaces import Policy, SearchSpace
+
+__all__ = ["Ledger"]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class Ledger:
+    """Record and look up evaluations.
+
+    Args:
+        space: the search space (its groups are the trials' parameters).
+        storage: an SQLAlchemy URL (``"sqlite:////abs/path/ledger.db"``, ``"postgresql://..."``) or
+            ``None`` for an in-memory study.
+        study_name: one ledger per study name in the storage.
+        directions: the study's objective directions (one ``"maximize"`` for a reward; a
+            multi-objective search passes its own, e.g. ``("maximize", "minimize")``).
+    """
+
+    def __init__(self, space: SearchSpace, *, storage: str | None = None, study_name: str = "autoprune",
+                 directions: Sequence[str] = ("maximize",)) -> None:
+        self.space = space
+        self.storage = storage
+        self.study = optuna.create_study(storage=storage, study_name=study_name, directions=list(directions),
+                                         load_if_exists=True)
+        self.distributions = {g.name: FloatDistribution(g.low, g.high) for g in space.groups}
+        self._cache: dict[tuple[int, ...], Result] = {}
+        self._order: list[Result] = []
+        for trial in self.study.get_trials(deepcopy=False):
+            if "result" in trial.user_attrs and not trial.user_attrs.get("cached"):
+                self._remember(Result.from_dict(json.loads(trial.user_attrs["result"])))
+
+    @classmethod
+    def in_directory(cls, run_dir: str | os.PathLike[str], space: SearchSpace, **kwargs: Any) -> Ledger:
+        """A SQLite ledger at ``run_dir/ledger.db`` (absolute path, so workers anywhere find it)."""
+        path = Path(run_dir).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(space, storage=f"sqlite:///{path / 'ledger.db'}", **kwargs)
+
+    # ----------------------------------------------------------------------------------------
+    def key(self, policy: Policy) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.space.keep_units(policy))
+
+    def get(self, policy: Policy) -> Result | None:
+        """The recorded result of an equivalent policy, if any."""
+        return self._cache.get(self.key(policy))
+
+    def _remember(self, result: Result) -> None:
+        key = self.key(result.policy)
+        if key not in self._cache:
+            self._cache[key] = result
+            self._order.append(result)
+
+    def record(self, result: Result, *, backend: str, seed: int, values: Sequence[float] | None = None,
+               trial: optuna.trial.Trial | None = None, cached: bool = False) -> None:
+        """Store one evaluation as a trial.
+
+        Args:
+            values: the trial's objective values (default: the reward); ignored for failures.
+            trial: an asked Optuna trial to tell (ask/tell backends); otherwise a trial is added.
+            cached: the result came from the cache; recorded for the asking sampler's sake but not
+                counted as a new evaluation.
+        """
+        attrs = {"result": json.dumps(result.to_dict()), "backend": backend, "seed": seed, "cached": cached,
+                 "accuracy": result.accuracy, "flops_ratio": result.flops_ratio, "params_ratio": result.params_ratio,
+                 "latency": result.latency, "feasible": result.feasible, "failed": result.failed}
+        failed = result.failed is not None or result.reward is None
+        if values is None and not failed:
+            values = [float(result.reward)]  # type: ignore[arg-type]
+        if trial is not None:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            if failed:
+                self.study.tell(trial, state=TrialState.FAIL)
+            else:
+                self.study.tell(trial, list(values))  # type: ignore[arg-type]
+        else:
+            params = {k: min(max(v, self.distributions[k].low), self.distributions[k].high)
+                      for k, v in result.policy.items()}
+            frozen = optuna.trial.create_trial(
+                state=TrialState.FAIL if failed else TrialState.COMPLETE,
+                values=None if failed else list(values),  # type: ignore[arg-type]
+                params=params, distributions=self.distributions, user_attrs=attrs)
+            self.study.add_trial(frozen)
+        if not cached:
+            self._remember(result)
+
+    # ----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Distinct evaluations recorded (cache hits not counted)."""
+        return len(self._order)
+
+    @property
+    def results(self) -> list[Result]:
+        """Distinct evaluations in the order they were recorded."""
+        return list(self._order)
+
+    def best(self) -> Result | None:
+        """The highest-reward evaluation that completed within budget."""
+        ok = [r for r in self._order if r.ok and r.reward is not None]
+        return max(ok, key=lambda r: r.reward) if ok else None  # type: ignore[arg-type, return-value]

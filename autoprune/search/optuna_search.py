@@ -1,0 +1,115 @@
+"""Optuna backends: TPE, GP, CMA-ES, QMC, random and NSGA-II (a Pareto front in one run).
+
+Trials are asked from the ledger's own study, so Optuna's record *is* the ledger. Each proposal
+is repaired into the budget by the shared projection before evaluation; samplers that honour
+constraints (TPE, GP, NSGA-II) also learn the proposal's budget violation through
+``trial.set_constraint`` and drift toward feasible proposals. CMA-ES ignores constraints.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+
+from autoprune.evaluation import Evaluator, Result
+from autoprune.search.base import Searcher
+from autoprune.search.ledger import Ledger
+from autoprune.search_spaces import Policy
+
+__all__ = ["SAMPLERS", "OptunaSearcher"]
+
+SAMPLERS = ("tpe", "gp", "cmaes", "qmc", "random", "nsga2")
+_CONSTRAINED = ("tpe", "gp", "nsga2")
+
+
+def make_sampler(name: str, seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=n_startup_trials)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=n_startup_trials)
+    if name == "qmc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ValueError(f"unknown Optuna sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+
+
+class OptunaSearcher(Searcher):
+    """Bayesian / evolutionary search with an Optuna sampler; one step = a batch of ask/tell trials.
+
+    Args:
+        sampler: one of ``SAMPLERS``.
+        batch_size: trials asked before any is told (concurrent trials; TPE uses a constant liar).
+        n_startup_trials: random trials before the model-based samplers start modelling.
+        pareto_objective: for ``nsga2``, the cost traded against accuracy: ``"flops"`` or ``"latency"``.
+    """
+
+    name = "optuna"
+
+    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: Ledger | None = None, sampler: str = "tpe",
+                 batch_size: int = 1, n_startup_trials: int = 10, pareto_objective: str = "flops") -> None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown Optuna sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        if pareto_objective not in ("flops", "latency"):
+            raise ValueError("pareto_objective must be 'flops' or 'latency'")
+        self.sampler_name, self.pareto_objective = sampler, pareto_objective
+        super().__init__(evaluator, seed=seed, ledger=ledger)
+        self.batch_size = batch_size
+        self.sampler = make_sampler(sampler, seed, n_startup_trials)
+        self.ledger.study.sampler = self.sampler
+
+    @property
+    def directions(self) -> Sequence[str]:
+        return ("maximize", "minimize") if self.sampler_name == "nsga2" else ("maximize",)
+
+    def objectives(self, result: Result) -> list[float] | None:
+        if self.sampler_name != "nsga2" or result.accuracy is None:
+            return None
+        if self.pareto_objective == "latency":
+            dense = self.space.dense_costs.latency
+            if result.latency is None or not dense:
+                raise ValueError("pareto_objective='latency' needs a latency table attached to the space")
+            return [result.accuracy, result.latency / dense]
+        return [result.accuracy, result.flops_ratio]
+
+    def _violation(self, policy: Policy) -> float:
+        """How far a proposal is over budget, relative to the limit (<= 0 when feasible)."""
+        slack = self.budget.slack(self.space.costs(policy), self.space.dense_costs)
+        limits = self.budget.limits(self.space.dense_costs)
+        return max((-s / limits[k] for k, s in slack.items()), default=-1.0)
+
+    def _step(self, limit: int) -> list[Result]:
+        study = self.ledger.study
+        trials = [study.ask(self.ledger.distributions) for _ in range(min(self.batch_size, limit))]
+        results = []
+        for trial in trials:
+            policy = Policy(trial.params)
+            if self.sampler_name in _CONSTRAINED:
+                trial.set_constraint("budget", self._violation(policy))
+            results.append(self.evaluate(policy, trial=trial))
+        return results
+
+    def pareto_front(self) -> list[Result]:
+        """The non-dominated evaluations (multi-objective studies), by accuracy."""
+        front = [Result.from_dict(json.loads(t.user_attrs["result"]))
+                 for t in self.ledger.study.best_trials if "result" in t.user_attrs]
+        return sorted(front, key=lambda r: r.accuracy or 0.0)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"sampler": base64.b64encode(pickle.dumps(self.sampler)).decode()}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.sampler = pickle.loads(base64.b64decode(state["sampler"]))
+        self.ledger.study.sampler = self.sampler
