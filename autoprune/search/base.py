@@ -10,6 +10,7 @@ within budget, resumable from :meth:`state_dict`, and never evaluating a policy 
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ __all__ = ["Searcher"]
 
 log = logging.getLogger(__name__)
 Callback = Callable[["Searcher", list[Result]], None]
+LedgerLike = Ledger | str | os.PathLike[str] | None
 
 
 class Searcher(ABC):
@@ -34,19 +36,36 @@ class Searcher(ABC):
     Args:
         evaluator: scores policies; its space and budget define the search.
         seed: seeds every random choice of the backend.
-        ledger: where evaluations are recorded (default: a fresh in-memory ledger).
+        ledger: where evaluations are recorded: a :class:`Ledger`, a storage URL
+            (``"sqlite:////abs/ledger.db"``, ``"postgresql://..."``) or a run directory (a SQLite file
+            ``ledger.db`` in it); default a fresh in-memory ledger. A URL or directory gets a study
+            with this backend's objective directions.
     """
 
     name: ClassVar[str] = ""
     max_stale_steps: ClassVar[int] = 50  # steps proposing only already-evaluated policies before giving up
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: Ledger | None = None) -> None:
+    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None) -> None:
         self.evaluator = evaluator
         self.space = evaluator.space
         self.budget = evaluator.budget
         self.seed = seed
-        self.ledger = ledger if ledger is not None else Ledger(self.space, directions=self.directions)
+        self.ledger = self._open_ledger(ledger)
         self.rng = np.random.default_rng(seed)
+
+    def _open_ledger(self, ledger: LedgerLike) -> Ledger:
+        directions = list(self.directions)
+        if ledger is None:
+            return Ledger(self.space, directions=directions)
+        if isinstance(ledger, (str, os.PathLike)):
+            if "://" in str(ledger):
+                return Ledger(self.space, storage=str(ledger), directions=directions)
+            return Ledger.in_directory(ledger, self.space, directions=directions)
+        have = [d.name.lower() for d in ledger.study.directions]
+        if have != directions:
+            raise ValueError(f"the ledger's study optimises {have} but backend {self.name!r} needs {directions}; "
+                             f"pass a storage URL or run directory instead, or Ledger(..., directions={directions})")
+        return ledger
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -87,7 +106,7 @@ class Searcher(ABC):
                 new = len(self.ledger) - before
                 stale = 0 if new else stale + 1
                 best = self.best
-                bar.advance(new, best_reward=best.reward if best else float("nan"),
+                bar.advance(new, best_reward=best.reward if best and best.reward is not None else float("nan"),
                             best_acc=best.accuracy if best and best.accuracy is not None else float("nan"))
                 if callback is not None:
                     callback(self, results)
@@ -130,4 +149,5 @@ class Searcher(ABC):
         return {}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+        """Restore what :meth:`_extra_state` saved (nothing, for a stateless backend)."""
+        del state

@@ -6,8 +6,7 @@ from typing import Any
 
 from autoprune.budget import uniform_policy
 from autoprune.evaluation import Evaluator, Result
-from autoprune.search.base import Searcher
-from autoprune.search.ledger import Ledger
+from autoprune.search.base import LedgerLike, Searcher
 
 __all__ = ["RandomSearcher", "UniformSearcher"]
 
@@ -17,7 +16,7 @@ class RandomSearcher(Searcher):
 
     name = "random"
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: Ledger | None = None,
+    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None,
                  batch_size: int = 1) -> None:
         super().__init__(evaluator, seed=seed, ledger=ledger)
         self.batch_size = batch_size
@@ -31,7 +30,7 @@ class UniformSearcher(Searcher):
 
     name = "uniform"
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: Ledger | None = None) -> None:
+    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None) -> None:
         super().__init__(evaluator, seed=seed, ledger=ledger)
         self._policy = uniform_policy(self.space, self.budget)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -30,8 +32,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from autoprune.envs import PruneEnv
 from autoprune.evaluation import Evaluator, Result
-from autoprune.search.base import Searcher
-from autoprune.search.ledger import Ledger
+from autoprune.search.base import LedgerLike, Searcher
 from autoprune.search_spaces import Policy
 
 __all__ = ["DDPGSearcher", "EpisodeRewardBuffer"]
@@ -100,7 +101,7 @@ class DDPGSearcher(Searcher):
 
     name = "ddpg"
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: Ledger | None = None, warmup: int = 100,
+    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, warmup: int = 100,
                  actor_lr: float = 1e-4, critic_lr: float = 1e-3, tau: float = 0.01, batch_size: int = 64,
                  discount: float = 1.0, buffer_episodes: int = 100, hidden: int = 300, sigma: float = 0.5,
                  sigma_decay: float = 0.95, failed_reward: float = 0.0) -> None:
@@ -108,12 +109,19 @@ class DDPGSearcher(Searcher):
         self.warmup, self.sigma0, self.sigma_decay = warmup, sigma, sigma_decay
         self.env = PruneEnv(evaluator, failed_reward=failed_reward, evaluate=self._episode_end)
         steps = len(self.space)
+        outside = (np.random.get_state(), torch.get_rng_state())
         self.model = _AMCDDPG(
             "MlpPolicy", self.env, learning_rate=actor_lr, buffer_size=buffer_episodes * steps,
             learning_starts=warmup * steps, batch_size=batch_size, tau=tau, gamma=discount,
             train_freq=(1, "episode"), gradient_steps=-1, replay_buffer_class=EpisodeRewardBuffer,
             policy_kwargs={"net_arch": {"pi": [hidden, hidden], "qf": [hidden, hidden]}}, seed=seed, verbose=0,
             device="cpu")
+        # SB3 seeds and then draws from the *global* NumPy and torch generators (replay sampling,
+        # target noise). This searcher keeps its own copies and swaps them in around its SB3 calls,
+        # so two searchers never share a stream and the caller's global state is left alone.
+        self._streams = (np.random.get_state(), torch.get_rng_state())
+        np.random.set_state(outside[0])
+        torch.set_rng_state(outside[1])
         self.episodes = 0
         self._last: Result | None = None
         self._configure(actor_lr, critic_lr)
@@ -134,9 +142,22 @@ class DDPGSearcher(Searcher):
     def _step(self, limit: int) -> list[Result]:
         self.model.sigma = self._sigma()
         self._last = None
-        self.model.learn(total_timesteps=1, reset_num_timesteps=False, progress_bar=False)
+        with self._own_streams():
+            self.model.learn(total_timesteps=1, reset_num_timesteps=False, progress_bar=False)
         self.episodes += 1
         return [self._last] if self._last is not None else []
+
+    @contextmanager
+    def _own_streams(self) -> Iterator[None]:
+        outside = (np.random.get_state(), torch.get_rng_state())
+        np.random.set_state(self._streams[0])
+        torch.set_rng_state(self._streams[1])
+        try:
+            yield
+        finally:
+            self._streams = (np.random.get_state(), torch.get_rng_state())
+            np.random.set_state(outside[0])
+            torch.set_rng_state(outside[1])
 
     # ----------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
@@ -145,13 +166,12 @@ class DDPGSearcher(Searcher):
         self.model.save_replay_buffer(buffer)
         return {"episodes": self.episodes, "model": base64.b64encode(model.getvalue()).decode(),
                 "replay_buffer": base64.b64encode(buffer.getvalue()).decode(),
-                "numpy_global": np.random.get_state(), "torch": torch.get_rng_state().numpy().tolist(),
+                "numpy_stream": self._streams[0], "torch_stream": self._streams[1].numpy().tolist(),
                 "actor_lr": self.model.actor_lr, "critic_lr": self.model.critic_lr}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.episodes = state["episodes"]
         self.model = _AMCDDPG.load(io.BytesIO(base64.b64decode(state["model"])), env=self.env, device="cpu")
         self.model.load_replay_buffer(io.BytesIO(base64.b64decode(state["replay_buffer"])))
-        np.random.set_state(state["numpy_global"])  # SB3's replay buffer samples with the global generator
-        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        self._streams = (state["numpy_stream"], torch.tensor(state["torch_stream"], dtype=torch.uint8))
         self._configure(state["actor_lr"], state["critic_lr"])

@@ -10,12 +10,12 @@ before it costs an evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from autoprune.budget import project
 from autoprune.evaluation import Evaluator, Result
-from autoprune.search.base import Searcher
-from autoprune.search.ledger import Ledger
+from autoprune.search.base import LedgerLike, Searcher
 from autoprune.search_spaces import Policy
 
 __all__ = ["EvolutionSearcher"]
@@ -26,7 +26,7 @@ class EvolutionSearcher(Searcher):
 
     name = "evolution"
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: Ledger | None = None, population: int = 50,
+    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, population: int = 50,
                  generations: int = 20, top_k: int = 10, mutation_prob: float = 0.1, n_mutation: int = 25,
                  n_crossover: int = 25, max_redraws: int = 20) -> None:
         super().__init__(evaluator, seed=seed, ledger=ledger)
@@ -59,9 +59,13 @@ class EvolutionSearcher(Searcher):
     def _next_generation(self) -> list[Policy]:
         parents = sorted((r for r in self.ledger.results if r.ok and r.reward is not None),
                          key=lambda r: r.reward, reverse=True)[: self.top_k]  # type: ignore[arg-type, return-value]
-        makers = []
+        parent_policies = [r.policy for r in parents]
+
+        def pick() -> Policy:
+            return parent_policies[int(self.rng.integers(len(parent_policies)))]
+
+        makers: list[Callable[[], Policy]] = []
         if self.generation > 0 and parents:
-            pick = lambda: parents[int(self.rng.integers(len(parents)))].policy  # noqa: E731
             makers += [lambda: self._mutate(pick())] * self.n_mutation
             makers += [lambda: self._crossover(pick(), pick())] * self.n_crossover
         makers += [self._random] * (self.population - len(makers))
@@ -69,7 +73,9 @@ class EvolutionSearcher(Searcher):
         seen = set()
         for make in makers:
             for attempt in range(self.max_redraws):
-                candidate = project(self.space, self.budget, make() if attempt < self.max_redraws - 1 else self._random())
+                # the last try is a random policy: a crowded neighbourhood must not stall the generation
+                proposal = make() if attempt < self.max_redraws - 1 else self._random()
+                candidate = project(self.space, self.budget, proposal)
                 key = self.ledger.key(candidate)
                 if key not in seen and self.ledger.get(candidate) is None:
                     break

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import FloatDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from autoprune.evaluation import Result
@@ -47,9 +48,10 @@ class Ledger:
                  directions: Sequence[str] = ("maximize",)) -> None:
         self.space = space
         self.storage = storage
-        self.study = optuna.create_study(storage=storage, study_name=study_name, directions=list(directions),
-                                         load_if_exists=True)
-        self.distributions = {g.name: FloatDistribution(g.low, g.high) for g in space.groups}
+        self.study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                         directions=[StudyDirection[d.upper()] for d in directions])
+        self.distributions: dict[str, BaseDistribution] = {g.name: FloatDistribution(g.low, g.high)
+                                                            for g in space.groups}
         self._cache: dict[tuple[int, ...], Result] = {}
         self._order: list[Result] = []
         for trial in self.study.get_trials(deepcopy=False):
@@ -101,7 +103,7 @@ class Ledger:
             else:
                 self.study.tell(trial, list(values))  # type: ignore[arg-type]
         else:
-            params = {k: min(max(v, self.distributions[k].low), self.distributions[k].high)
+            params = {k: min(max(v, self.space.group(k).low), self.space.group(k).high)
                       for k, v in result.policy.items()}
             frozen = optuna.trial.create_trial(
                 state=TrialState.FAIL if failed else TrialState.COMPLETE,

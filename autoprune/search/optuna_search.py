@@ -18,8 +18,7 @@ from typing import Any
 import optuna
 
 from autoprune.evaluation import Evaluator, Result
-from autoprune.search.base import Searcher
-from autoprune.search.ledger import Ledger
+from autoprune.search.base import LedgerLike, Searcher
 from autoprune.search_spaces import Policy
 
 __all__ = ["SAMPLERS", "OptunaSearcher"]
@@ -58,7 +57,7 @@ class OptunaSearcher(Searcher):
 
     name = "optuna"
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: Ledger | None = None, sampler: str = "tpe",
+    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, sampler: str = "tpe",
                  batch_size: int = 1, n_startup_trials: int = 10, pareto_objective: str = "flops") -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown Optuna sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
