@@ -18,6 +18,7 @@ and machine, so they are measured once.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -163,6 +164,7 @@ class LatencyTable:
     dense_measured: float
     build_seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    _compiled: dict[int, _Compiled] = field(default_factory=dict, repr=False, compare=False)
 
     def _activation(self, sizes: Mapping[str, tuple[int, int]]) -> float:
         return float(sum(sizes[n][0] * per for n, per in self.activation.items()))
@@ -170,13 +172,12 @@ class LatencyTable:
     def _features(self, sizes: Mapping[str, tuple[int, int]], dense_activation: float) -> list[float]:
         return [1.0, sum(t.predict(*sizes[t.name]) for t in self.layers), self._activation(sizes) / dense_activation]
 
-    def predict_sizes(self, sizes: Mapping[str, tuple[int, int]], dense_activation: float) -> float:
-        return float(np.dot(self.calibration, self._features(sizes, dense_activation)))
-
     def predict(self, space: SearchSpace, keep: np.ndarray) -> float:
-        """Predicted seconds per inference when group ``i`` keeps ``keep[i]`` units."""
-        cm = space.cost_model
-        return self.predict_sizes(cm.layer_sizes(keep), self._dense_activation(space))
+        """Predicted seconds per inference when group ``i`` keeps ``keep[i]`` units (tens of microseconds)."""
+        compiled = self._compiled.get(id(space))
+        if compiled is None:
+            compiled = self._compiled[id(space)] = _Compiled(self, space)
+        return compiled(keep)
 
     def _dense_activation(self, space: SearchSpace) -> float:
         if "dense_activation" not in self.meta:
@@ -312,6 +313,54 @@ class LatencyTable:
                          "predicted_ratio": ratio_p, "measured_ratio": ratio_m,
                          "ratio_error": abs(ratio_p - ratio_m) / ratio_m})
         return rows
+
+
+class _Compiled:
+    """The table laid out for one search space: plain-Python arithmetic per layer, no allocation.
+
+    The budget's action wall and projection price dozens of policies per decision, so prediction
+    must cost microseconds, not the milliseconds a dict of layer sizes and NumPy scalar calls take.
+    """
+
+    def __init__(self, table: LatencyTable, space: SearchSpace) -> None:
+        cm = space.cost_model
+        units = cm.units.tolist()
+        layers = dict(zip(cm.layer_names, cm._layers, strict=True))
+
+        def ref(dim: tuple[int, int] | None, dense: int) -> tuple[int, int, int]:
+            if dim is None:  # a fixed size: dense - 0 * (...)
+                return 0, 0, dense
+            g, k = dim
+            return g, k, dense - k * units[g]  # size = base + k * keep[g]
+
+        self.layers = []
+        for t in table.layers:
+            layer = layers[t.name]
+            in_dim = None if len(t.in_grid) == 1 else layer.inp
+            self.layers.append((ref(layer.out, layer.dense_out), ref(in_dim, layer.dense_in), t.out_grid.tolist(),
+                                t.in_grid.tolist(), t.seconds.tolist()))
+        self.activation = [(ref(layers[n].out, layers[n].dense_out), per) for n, per in table.activation.items()]
+        self.dense_activation = float(sum(layers[n].dense_out * per for n, per in table.activation.items()))
+        self.a, self.c, self.b = table.calibration
+
+    @staticmethod
+    def _locate(grid: list[float], v: float) -> tuple[int, int, float]:
+        if len(grid) == 1:
+            return 0, 0, 0.0
+        i = min(max(bisect.bisect_left(grid, v) - 1, 0), len(grid) - 2)
+        f = (v - grid[i]) / (grid[i + 1] - grid[i])
+        return i, i + 1, 0.0 if f < 0 else 1.0 if f > 1 else f
+
+    def __call__(self, keep: np.ndarray) -> float:
+        kept = keep.tolist() if isinstance(keep, np.ndarray) else list(keep)
+        total = 0.0
+        for (go, ko, bo), (gi, ki, bi), out_grid, in_grid, z in self.layers:
+            i0, i1, fx = self._locate(out_grid, bo + ko * kept[go])
+            j0, j1, fy = self._locate(in_grid, bi + ki * kept[gi])
+            total += ((1 - fx) * ((1 - fy) * z[i0][j0] + fy * z[i0][j1])
+                      + fx * ((1 - fy) * z[i1][j0] + fy * z[i1][j1]))
+        activation = sum((b + k * kept[g]) * per for (g, k, b), per in self.activation)
+        return self.a + self.c * total + self.b * activation / self.dense_activation
 
 
 def _candidate_keeps(space: SearchSpace, levels: int) -> list[np.ndarray]:

@@ -121,3 +121,14 @@ def test_env_keeps_episodes_within_a_latency_budget(small):
             assert r.feasible and r.latency <= target * space.dense_costs.latency and r.flops_ratio <= 0.8
     finally:
         space.latency_table = None
+
+
+def test_compiled_prediction_equals_the_reference_formula(small):
+    model, space, table, _ = small
+    rng = np.random.default_rng(0)
+    dense_activation = table._dense_activation(space)
+    for _ in range(10):
+        keep = space.keep_units(space.sample(rng))
+        reference = float(np.dot(table.calibration, table._features(space.cost_model.layer_sizes(keep),
+                                                                     dense_activation)))
+        assert table.predict(space, keep) == pytest.approx(reference, rel=1e-9)
