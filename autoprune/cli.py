@@ -18,9 +18,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from autoprune.data import load_dataset
-    from autoprune.models import create_model, save_checkpoint
+    from autoprune.models import MODEL_NAMES, create_model, save_checkpoint
     from autoprune.training import TrainConfig, accuracy, train
 
+    if args.model not in MODEL_NAMES:  # fail before loading any data
+        raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     splits = load_dataset(args.dataset, val_size=args.val_size, seed=args.seed)

@@ -39,7 +39,7 @@ def test_bad_budget_values():
     with pytest.raises(ValueError, match="must be positive"):
         Budget(flops=0)
     with pytest.raises(ValueError, match="unknown budget key"):
-        Budget.from_mapping({"latency_ms": 3})
+        Budget.from_mapping({"latency_us": 3})
 
 
 def test_projection_makes_policies_feasible_and_keeps_feasible_ones(space):
