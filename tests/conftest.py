@@ -33,6 +33,17 @@ def random_data(n: int = 64, shape=(1, 28, 28), classes: int = 10, seed: int = 0
     return TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g))
 
 
+def random_episodes(env, n: int, seed: int = 0):
+    """Yield the final ``Result`` of ``n`` episodes of uniformly random actions."""
+    rng = np.random.default_rng(seed)
+    for episode in range(n):
+        env.reset(seed=episode)
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(rng.random(1).astype(np.float32))
+        yield info["result"]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -101,7 +101,7 @@ def test_latency_budget_without_a_table_is_a_clear_error(small):
 def test_env_keeps_episodes_within_a_latency_budget(small):
     from autoprune.envs import PruneEnv
     from autoprune.evaluation import Evaluator
-    from tests.conftest import random_data
+    from tests.conftest import random_data, random_episodes
 
     model, space, table, _ = small
     space.attach_latency(table)
@@ -111,13 +111,7 @@ def test_env_keeps_episodes_within_a_latency_budget(small):
         budget = Budget(latency=target, flops=0.8)
         env = PruneEnv(Evaluator(model, space, train_data=data, val_data=data, budget=budget, val_size=8,
                                  bn_batches=1, batch_size=8, path="exact"))
-        rng = np.random.default_rng(0)
-        for episode in range(5):
-            env.reset(seed=episode)
-            done = False
-            while not done:
-                _, _, done, _, info = env.step(rng.random(1).astype(np.float32))
-            r = info["result"]
+        for r in random_episodes(env, 5):
             assert r.feasible and r.latency <= target * space.dense_costs.latency and r.flops_ratio <= 0.8
     finally:
         space.latency_table = None

@@ -12,7 +12,7 @@ from autoprune.envs import OBSERVATION_FEATURES, PruneEnv
 from autoprune.evaluation import Evaluator
 from autoprune.models import create_model
 from autoprune.search_spaces import SearchSpace
-from tests.conftest import random_data
+from tests.conftest import random_data, random_episodes
 
 
 def _evaluator(name, flops, reward=None, n=16):
@@ -74,13 +74,7 @@ def test_random_episodes_always_end_within_budget(name, flops):
     env = PruneEnv(_evaluator(name, flops, n=4))
     pruner = env.evaluator.pruner
     x = torch.randn(1, 1, 28, 28)
-    rng = np.random.default_rng(0)
-    for episode in range(12):
-        env.reset(seed=episode)
-        done = False
-        while not done:
-            _, _, done, _, info = env.step(rng.random(1).astype(np.float32))
-        result = info["result"]
+    for episode, result in enumerate(random_episodes(env, 12)):
         assert result.feasible and result.flops_ratio <= flops
         if episode < 2:  # and the physically pruned, counted model agrees
             assert count_costs(pruner.prune(result.policy), x).macs <= flops * env.space.dense_costs.macs
