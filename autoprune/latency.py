@@ -187,7 +187,7 @@ class LatencyTable:
     # ------------------------------------------------------------------------------------------
     @classmethod
     def build(cls, model: nn.Module, space: SearchSpace, *, runtime: str = "torch", batch: int = 1,
-              levels: int = 8, repeats: int = 9, calibration_policies: int = 8,
+              levels: int = 8, repeats: int = 9, calibration_policies: int = 8, chunk: int = 32,
               cache_dir: str | os.PathLike[str] | None = None,
               show_progress: bool = True) -> LatencyTable:
         """Measure (or load from the cache) the table of ``model`` for ``runtime`` and ``batch``."""
@@ -234,11 +234,17 @@ class LatencyTable:
                     signatures.setdefault(sig, factory)
             cells.append(row)
         seconds: dict[str, float] = {}
-        with track_progress(f"latency table ({runtime}, batch {batch})", len(signatures), enabled=show_progress) as bar:
-            for sig, factory in signatures.items():
-                layer_module, layer_input = factory()
-                seconds[sig] = measure({sig: make_runner(layer_module, layer_input, runtime)}, repeats=repeats)[sig]
-                bar.advance(1)
+        # Layers are timed interleaved, a chunk at a time: load that comes and goes while the table
+        # is built then slows every entry of a chunk alike instead of skewing a few of them.
+        names = list(signatures)
+        with track_progress(f"latency table ({runtime}, batch {batch})", len(names), enabled=show_progress) as bar:
+            for start_i in range(0, len(names), chunk):
+                runners = {}
+                for sig in names[start_i:start_i + chunk]:
+                    layer_module, layer_input = signatures[sig]()
+                    runners[sig] = make_runner(layer_module, layer_input, runtime)
+                seconds.update(measure(runners, repeats=repeats))
+                bar.advance(len(runners))
         layers = [_TableLayer(name, out_grid, in_grid, np.array([seconds[s] for s in row]).reshape(len(out_grid), -1))
                   for (name, out_grid, in_grid, _), row in zip(plans, cells, strict=True)]
         activation = {n: math.prod(cm.shapes[n][1][2:]) if isinstance(modules[n], (nn.Conv1d, nn.Conv2d))
