@@ -53,7 +53,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from autoprune.budget import Budget, uniform_policy
-    from autoprune.costs import count_costs
+    from autoprune.costs import Costs, count_costs
     from autoprune.data import load_dataset
     from autoprune.evaluation import Evaluator, recalibrate_batchnorm
     from autoprune.models import load_checkpoint, reference_checkpoint
@@ -99,7 +99,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(policy), spec)
     onnx_err = export_onnx(pruned, splits.example_inputs(8), run_dir / "pruned.onnx")
     summary = {"budget": str(budget), "policy": policy.to_dict(), "dense": vars(dense), "pruned": vars(counted),
-               "analytic_equals_counted": counted == result_costs(result), "meets_budget": budget.holds(counted, dense),
+               "analytic_equals_counted": counted == Costs(result.flops, result.params), "meets_budget": budget.holds(counted, dense),
                "val_accuracy": result.accuracy, "dense_test_accuracy": dense_test, "test_accuracy": pruned_test,
                "seconds": result.seconds, "path": result.path, "onnx_max_abs_error": onnx_err}
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
@@ -108,12 +108,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   f"evaluation {result.seconds['total']:.2f} s via the {result.path} path; "
                   f"ONNX export matches torch to {onnx_err:.1e}; written to {run_dir}/")
     return 0 if ok else 1
-
-
-def result_costs(result):  # type: ignore[no-untyped-def]
-    from autoprune.costs import Costs
-
-    return Costs(result.flops, result.params)
 
 
 def _parser() -> argparse.ArgumentParser:

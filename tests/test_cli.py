@@ -56,3 +56,16 @@ def test_demo_prunes_to_budget_end_to_end(tmp_path):
     assert summary["dense_test_accuracy"] >= 0.925
     assert summary["test_accuracy"] > 0.5
     assert (tmp_path / "pruned.pt").exists() and (tmp_path / "pruned.onnx").exists()
+
+
+def test_progress_degrades_to_log_lines_and_can_be_silenced(capsys):
+    from autoprune.progress import track_progress
+
+    with track_progress("work", 3, log_every_s=0.0) as task:
+        for _ in range(3):
+            task.advance(1, loss=0.5)
+    err = capsys.readouterr().err
+    assert "work: 3/3 loss 0.5" in err  # not a TTY under pytest: plain lines
+    with track_progress("quiet", 3, enabled=False) as task:
+        task.advance(3)
+    assert capsys.readouterr().err == ""
