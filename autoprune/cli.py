@@ -99,7 +99,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(policy), spec)
     onnx_err = export_onnx(pruned, splits.example_inputs(8), run_dir / "pruned.onnx")
     summary = {"budget": str(budget), "policy": policy.to_dict(), "dense": vars(dense), "pruned": vars(counted),
-               "analytic_equals_counted": counted == Costs(result.flops, result.params), "meets_budget": budget.holds(counted, dense),
+               "analytic_equals_counted": counted == Costs(result.flops, result.params),
+               "meets_budget": budget.holds(counted, dense),
                "val_accuracy": result.accuracy, "dense_test_accuracy": dense_test, "test_accuracy": pruned_test,
                "seconds": result.seconds, "path": result.path, "onnx_max_abs_error": onnx_err}
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
