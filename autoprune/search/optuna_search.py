@@ -27,9 +27,10 @@ SAMPLERS = ("tpe", "gp", "cmaes", "qmc", "random", "nsga2")
 _CONSTRAINED = ("tpe", "gp", "nsga2")
 
 
-def make_sampler(name: str, seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=n_startup_trials)
+def make_sampler(name: str, seed: int, n_startup_trials: int, batch_size: int = 1) -> optuna.samplers.BaseSampler:
+    if name == "tpe":  # a constant liar keeps a batch of pending trials from piling onto one point
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=n_startup_trials,
+                                          constant_liar=batch_size > 1)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
     if name == "cmaes":
@@ -66,7 +67,7 @@ class OptunaSearcher(Searcher):
         self.sampler_name, self.pareto_objective = sampler, pareto_objective
         super().__init__(evaluator, seed=seed, ledger=ledger)
         self.batch_size = batch_size
-        self.sampler = make_sampler(sampler, seed, n_startup_trials)
+        self.sampler = make_sampler(sampler, seed, n_startup_trials, batch_size)
         self.ledger.study.sampler = self.sampler
 
     @property

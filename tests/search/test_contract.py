@@ -138,3 +138,11 @@ def test_ledger_reopens_with_every_result(evaluator, tmp_path):
     assert [r.policy for r in again.results] == [r.policy for r in s.ledger.results]
     assert again.best().reward == s.best.reward
     assert np.isclose(again.best().accuracy, s.best.accuracy)
+
+
+def test_optuna_batches_ask_several_trials_before_telling(evaluator):
+    s = create_searcher("tpe", evaluator=evaluator, seed=0, batch_size=4, n_startup_trials=4)
+    results = s.step()
+    assert len(results) == 4 and len(s.ledger) == len({s.ledger.key(r.policy) for r in results})
+    s.run(10, show_progress=False)
+    assert len(s.ledger) == 10  # the last batch is cut to what is left
