@@ -111,6 +111,59 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} flops=0.5")
+        out[key] = value
+    return out
+
+
+def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
+    s = outcome.summary
+    d, p = s["dense"], s["pruned"]
+    print(f"{s['backend']}: {s['evaluations']} evaluations; pruned FLOPs {p['flops'] / d['flops']:.1%}, "
+          f"params {p['params'] / d['params']:.1%} of dense; test accuracy {p['test_accuracy']:.2%} "
+          f"(dense {d['test_accuracy']:.2%}); budget {'met' if s['meets_budget'] else 'NOT met'}; "
+          f"results in {outcome.run_dir}")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from autoprune import run
+    from autoprune.config import load_config
+
+    overrides = _pairs(args.set, "--set")
+    budget = _pairs(args.budget, "--budget")
+    if budget:  # --budget replaces the config's budget section
+        unknown = set(budget) - {"flops", "params", "latency", "latency_ms"}
+        if unknown:
+            raise UsageError(f"--budget {sorted(unknown)[0]}: use flops, params, latency or latency_ms")
+        overrides.update({f"budget.{k}": v for k, v in budget.items()})
+        for k in {"flops", "params", "latency", "latency_ms"} - set(budget):
+            overrides[f"budget.{k}"] = "null"
+    for flag, key in ((args.backend, "search.backend"), (args.evaluations, "search.evaluations"),
+                      (args.seed, "seed")):
+        if flag is not None:
+            overrides[key] = str(flag)
+    config = load_config(args.config, overrides)
+    run_dir = args.run_dir or f"runs/{config.search.backend}-{time.strftime('%Y%m%d-%H%M%S')}"
+    outcome = run.start(config, run_dir, show_progress=not args.quiet)
+    _print_outcome(outcome)
+    return 0 if outcome.summary["meets_budget"] else 1
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from autoprune import run
+
+    outcome = run.resume(args.run_dir, show_progress=not args.quiet)
+    if outcome.already_finished:
+        print(f"{outcome.run_dir} is already finished; nothing to do")
+    _print_outcome(outcome)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autoprune",
@@ -143,6 +196,29 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     d.add_argument("--run-dir", default="runs/demo")
     d.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("search", help="search prune ratios that meet a budget, as a config describes",
+                       epilog="examples:\n  autoprune search configs/resnet20_fashion_mnist.yaml\n"
+                              "  autoprune search configs/digits_smoke.yaml --backend evolution --budget flops=0.4 "
+                              "--evaluations 20 --set evaluation.val_size=200",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("config", help="YAML experiment file (see configs/)")
+    s.add_argument("--backend", help="ddpg, tpe, gp, cmaes, qmc, nsga2, evolution, random or uniform")
+    s.add_argument("--budget", action="append", metavar="KEY=VALUE",
+                   help="flops/params as a fraction (<= 1) or absolute count; latency (fraction) or latency_ms")
+    s.add_argument("--evaluations", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--run-dir", help="where the run is written (default runs/BACKEND-TIMESTAMP)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. seed=3")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_search)
+
+    r = sub.add_parser("resume", help="continue a search from its run directory",
+                       epilog="example:\n  autoprune resume runs/tpe-20261123-101500",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("run_dir")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_cmd_resume)
     return p
 
 
@@ -150,9 +226,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, ValueError, FileNotFoundError) as e:
+    except (UsageError, ValueError, FileNotFoundError) as e:  # config, policy, budget, model, dataset problems
         print(f"autoprune: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("autoprune: interrupted; continue with 'autoprune resume RUN_DIR'", file=sys.stderr)
+        return 130
+    except Exception as e:  # a failure inside the run: one line here, the traceback in the run's log
+        import logging
+        import traceback
+
+        logging.getLogger("autoprune").error("run failed:\n%s", traceback.format_exc())
+        where = getattr(args, "run_dir", None)
+        hint = f"; details in {where}/log.txt" if where else ""
+        print(f"autoprune: run failed: {type(e).__name__}: {e}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

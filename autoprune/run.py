@@ -1,0 +1,194 @@
+"""A search run in a directory: everything needed to resume, report or export lives there.
+
+``run_dir/`` holds ``config.yaml`` (resolved), ``ledger.db`` (every evaluation), ``searcher.ckpt``
+(the backend's state after its last step, written atomically), ``best_policy.json``,
+``pruned.pt`` (portable pruned model), ``result.json`` and ``log.txt``. :func:`resume` continues
+from the last checkpoint; evaluations already in the ledger are not run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.budget import Budget, check_feasible
+from autoprune.config import Config, ConfigError, import_object, load_config
+from autoprune.data import Splits, load_dataset
+from autoprune.evaluation import Evaluator, recalibrate_batchnorm
+from autoprune.search import Searcher, create_searcher
+from autoprune.search_spaces import SearchSpace
+
+__all__ = ["RunOutcome", "resume", "start"]
+
+log = logging.getLogger("autoprune.run")
+CHECKPOINT = "searcher.ckpt"
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: dict[str, Any]
+    already_finished: bool = False
+
+
+def _load_data(config: Config) -> Splits:
+    if ":" in config.data.name:
+        splits = import_object(config.data.name)()
+        if not isinstance(splits, Splits):
+            raise ConfigError(f"data.name: {config.data.name} must return autoprune.data.Splits")
+        return splits
+    return load_dataset(config.data.name, root=config.data.root, val_size=config.data.val_size,
+                        seed=config.data.split_seed)
+
+
+def _space(config: Config, model: nn.Module, splits: Splits) -> SearchSpace:
+    return SearchSpace.from_model(model, splits.example_inputs(), ignored_layers=config.pruner.ignored_layers,
+                                  bounds=config.pruner.bounds, round_to=config.pruner.round_to)
+
+
+def _load_model(config: Config, splits: Splits, run_dir: Path, show_progress: bool) -> tuple[nn.Module, dict[str, Any]]:
+    from autoprune.models import REFERENCE_DIR, create_model, load_checkpoint, save_checkpoint
+    from autoprune.training import TrainConfig, accuracy, train
+
+    c, size = splits.input_shape[0], splits.input_shape[-1]
+    spec = {"model": config.model.name, "in_channels": c, "num_classes": splits.num_classes, "image_size": size}
+    if ":" in config.model.name:
+        model = import_object(config.model.name)()
+        if config.model.checkpoint:
+            model.load_state_dict(torch.load(config.model.checkpoint, map_location="cpu", weights_only=True))
+        return model.eval(), spec
+    candidates = [config.model.checkpoint] if config.model.checkpoint else [
+        str(run_dir / "dense.pt"), str(REFERENCE_DIR / f"{config.model.name}_{config.data.name}.pt")]
+    for path in candidates:
+        if path and Path(path).exists():
+            model, _ = load_checkpoint(path)
+            return model, spec
+    if config.model.checkpoint:
+        raise ConfigError(f"model.checkpoint: {config.model.checkpoint} does not exist")
+    if config.model.train_epochs is None:
+        raise ConfigError(f"model: no checkpoint for {config.model.name} on {config.data.name}; "
+                          "set model.checkpoint, or model.train_epochs to train one first")
+    torch.manual_seed(config.seed)
+    model = create_model(config.model.name, in_channels=c, num_classes=splits.num_classes, image_size=size)
+    budget = Budget(**config.budget.model_dump())
+    if not budget.needs_latency:  # costs do not depend on weights: refuse an impossible budget before training
+        check_feasible(_space(config, model, splits), budget)
+    train(model, splits.train, TrainConfig(epochs=config.model.train_epochs, seed=config.seed,
+                                           hflip=splits.input_shape[-1] > 8), show_progress=show_progress)
+    save_checkpoint(model, run_dir / "dense.pt", {**spec, "test_accuracy": accuracy(model, splits.test)})
+    return model.eval(), spec
+
+
+def _build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher, Splits, dict[str, Any]]:
+    torch.set_num_threads(config.threads)
+    splits = _load_data(config)
+    model, spec = _load_model(config, splits, run_dir, show_progress)
+    space = _space(config, model, splits)
+    budget = Budget(**config.budget.model_dump())
+    if budget.needs_latency:
+        from autoprune.latency import LatencyTable
+
+        space.attach_latency(LatencyTable.build(model, space, runtime=config.latency.runtime,
+                                                batch=config.latency.batch))
+    check_feasible(space, budget)
+    ev = config.evaluation
+    evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
+                          importance=config.pruner.importance, val_size=ev.val_size, bn_batches=ev.bn_batches,
+                          batch_size=ev.batch_size, finetune_steps=ev.finetune_steps, path=ev.path,
+                          reward=config.reward, seed=config.seed)
+    searcher = create_searcher(config.search.backend, evaluator=evaluator, seed=config.seed, ledger=run_dir,
+                               **config.search.options)
+    return searcher, splits, spec
+
+
+def _save_checkpoint(searcher: Searcher, run_dir: Path) -> None:
+    tmp = run_dir / (CHECKPOINT + ".tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(searcher.state_dict(), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / CHECKPOINT)  # atomic: a kill mid-write leaves the previous checkpoint
+
+
+def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
+    from autoprune.costs import count_costs
+    from autoprune.pruning import save_pruned
+    from autoprune.training import accuracy
+
+    searcher, splits, spec = _build(config, run_dir, show_progress)
+    ckpt = run_dir / CHECKPOINT
+    if ckpt.exists():
+        with ckpt.open("rb") as f:
+            searcher.load_state_dict(pickle.load(f))
+        log.info("resumed %s with %d evaluations in the ledger", config.search.backend, len(searcher.ledger))
+    start = time.perf_counter()
+    best = searcher.run(config.search.evaluations, show_progress=show_progress,
+                        callback=lambda s, _results: _save_checkpoint(s, run_dir))
+    _save_checkpoint(searcher, run_dir)
+    if best is None:
+        raise RuntimeError("no evaluation completed within budget; see the failures in the ledger")
+    evaluator = searcher.evaluator
+    pruned = evaluator.pruner.prune(best.policy)
+    recalibrate_batchnorm(pruned, evaluator.bn_inputs, evaluator.batch_size)
+    counted = count_costs(pruned, splits.example_inputs())
+    dense = evaluator.space.dense_costs
+    (run_dir / "best_policy.json").write_text(best.policy.to_json(indent=2))
+    save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(best.policy), spec)
+    summary = {"backend": config.search.backend, "evaluations": len(searcher.ledger),
+               "search_seconds": time.perf_counter() - start, "budget": str(evaluator.budget),
+               "dense": {"flops": dense.macs, "params": dense.params, "val_accuracy": evaluator.dense_accuracy(),
+                         "test_accuracy": accuracy(evaluator.model, splits.test)},
+               "pruned": {"flops": counted.macs, "params": counted.params, "val_accuracy": best.accuracy,
+                          "test_accuracy": accuracy(pruned, splits.test), "latency": best.latency},
+               # counted FLOPs/params of the physically pruned model; latency as the table predicts it
+               "meets_budget": evaluator.budget.holds(replace(counted, latency=best.latency), dense),
+               "best": best.to_dict(), "done": True}
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    return RunOutcome(run_dir, summary)
+
+
+def _logging_to(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("autoprune").addHandler(handler)
+    logging.getLogger("autoprune").setLevel(logging.INFO)
+    return handler
+
+
+def start(config: Config, run_dir: str | Path, *, show_progress: bool = True) -> RunOutcome:
+    """Start a search in ``run_dir`` (which must not hold another run)."""
+    run_dir = Path(run_dir).resolve()
+    if (run_dir / "config.yaml").exists():
+        raise ConfigError(f"{run_dir} already holds a run; use 'autoprune resume {run_dir}' or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.dump(run_dir / "config.yaml")
+    handler = _logging_to(run_dir)
+    try:
+        return _search(config, run_dir, show_progress)
+    finally:
+        logging.getLogger("autoprune").removeHandler(handler)
+
+
+def resume(run_dir: str | Path, *, show_progress: bool = True) -> RunOutcome:
+    """Continue the run in ``run_dir``; a finished run is reported as such and left alone."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "config.yaml").exists():
+        raise ConfigError(f"{run_dir} holds no run (no config.yaml); start one with 'autoprune search CONFIG'")
+    result = run_dir / "result.json"
+    if result.exists() and json.loads(result.read_text()).get("done"):
+        return RunOutcome(run_dir, json.loads(result.read_text()), already_finished=True)
+    config = load_config(run_dir / "config.yaml")
+    handler = _logging_to(run_dir)
+    try:
+        return _search(config, run_dir, show_progress)
+    finally:
+        logging.getLogger("autoprune").removeHandler(handler)

@@ -1,0 +1,111 @@
+"""`autoprune search` / `resume`: runs from configs, resumes after an interruption, refuses bad input."""
+
+import json
+import sqlite3
+
+import pytest
+import yaml
+
+from autoprune import cli
+from autoprune.evaluation import Evaluator
+
+SMOKE = {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
+         "budget": {"flops": 0.5}, "search": {"backend": "random", "evaluations": 5},
+         "evaluation": {"val_size": 200, "bn_batches": 1}}
+
+
+def _write(tmp_path, data, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return str(path)
+
+
+def _trials(run_dir):
+    with sqlite3.connect(run_dir / "ledger.db") as db:
+        return db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+
+
+def test_search_writes_a_complete_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet"]) == 0
+    for name in ("config.yaml", "ledger.db", "searcher.ckpt", "best_policy.json", "pruned.pt", "result.json"):
+        assert (run_dir / name).exists(), name
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["meets_budget"] and summary["evaluations"] == 5 and _trials(run_dir) == 5
+    assert summary["pruned"]["flops"] <= 0.5 * summary["dense"]["flops"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["search"]["backend"] == "random"
+
+
+def test_interrupted_search_resumes_without_re_evaluating(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    calls = {"n": 0}
+    original = Evaluator.__call__
+
+    def interrupting(self, policy):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, policy)
+
+    monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    config = _write(tmp_path, {**SMOKE, "search": {"backend": "tpe", "evaluations": 8}})
+    assert cli.main(["search", config, "--run-dir", str(run_dir), "--quiet"]) == 130
+    assert "autoprune resume" in capsys.readouterr().err
+    assert _trials(run_dir) == 3
+    monkeypatch.setattr(Evaluator, "__call__", original)
+    assert cli.main(["resume", str(run_dir), "--quiet"]) == 0
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["evaluations"] == 8 and _trials(run_dir) == 8
+    assert cli.main(["resume", str(run_dir), "--quiet"]) == 0
+    assert "already finished" in capsys.readouterr().out
+
+
+BAD_CONFIGS = {
+    "unknown top-level key": ({**SMOKE, "modle": {}}, "modle: Extra inputs are not permitted"),
+    "unknown nested key": ({**SMOKE, "budget": {"flop": 0.5}}, "budget.flop: Extra inputs"),
+    "wrong type": ({**SMOKE, "search": {"evaluations": "many"}}, "search.evaluations"),
+    "negative budget": ({**SMOKE, "budget": {"flops": -1}}, "budget.flops: Input should be greater than 0"),
+    "no budget at all": ({**SMOKE, "budget": {}}, "budget: set at least one of flops"),
+    "latency above 1": ({**SMOKE, "budget": {"latency": 2}}, "budget.latency"),
+    "bounds reach 1": ({**SMOKE, "pruner": {"bounds": [0.0, 1.0]}}, "pruner.bounds: must satisfy"),
+    "unknown importance": ({**SMOKE, "pruner": {"importance": "l3"}}, "pruner.importance"),
+    "unknown backend": ({**SMOKE, "search": {"backend": "annealing"}}, "search.backend"),
+    "unknown reward": ({**SMOKE, "reward": "acc"}, "reward: unknown reward 'acc'"),
+    "unimportable reward": ({**SMOKE, "reward": "nope.mod:f"}, "cannot import module 'nope.mod'"),
+    "unknown model": ({**SMOKE, "model": {"name": "resnet18"}}, "model: unknown model 'resnet18'"),
+    "unknown dataset": ({**SMOKE, "data": {"name": "cifar10"}}, "unknown dataset 'cifar10'"),
+    "missing checkpoint": ({**SMOKE, "model": {"name": "resnet20", "checkpoint": "/nope.pt"}}, "does not exist"),
+    "no checkpoint and no training": ({**SMOKE, "model": {"name": "vgg11"}}, "set model.checkpoint"),
+    "infeasible budget": ({**SMOKE, "budget": {"flops": 0.01}}, "infeasible"),
+    "not a mapping": ("- just\n- a list\n", "must be a mapping"),
+    "broken YAML": ("model: {name: resnet20\n", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_configs_exit_2_with_one_line(case, tmp_path, capsys):
+    data, message = BAD_CONFIGS[case]
+    code = cli.main(["search", _write(tmp_path, data), "--run-dir", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err and "Traceback" not in err, err
+
+
+BAD_COMMANDS = {
+    "missing config file": (["search", "/nonexistent.yaml"], "does not exist"),
+    "budget without =": (["search", "CONFIG", "--budget", "flops"], "expected KEY=VALUE"),
+    "unknown budget key": (["search", "CONFIG", "--budget", "macs=0.5"], "use flops, params"),
+    "set into a value": (["search", "CONFIG", "--set", "budget.flops.x=1"], "flops is not a section"),
+    "resume of no run": (["resume", "RUNDIR"], "holds no run"),
+    "run dir already used": (["search", "CONFIG", "--run-dir", "USED"], "already holds a run"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_COMMANDS)
+def test_bad_command_lines_exit_2_with_one_line(case, tmp_path, capsys):
+    args, message = BAD_COMMANDS[case]
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "config.yaml").write_text("{}")
+    subs = {"CONFIG": _write(tmp_path, SMOKE), "RUNDIR": str(tmp_path), "USED": str(tmp_path / "used")}
+    code = cli.main([subs.get(a, a) for a in args] + ["--quiet"] * (args[0] == "search"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err, err
