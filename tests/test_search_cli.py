@@ -1,12 +1,15 @@
 """`autoprune search` / `resume`: runs from configs, resumes after an interruption, refuses bad input."""
 
 import json
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 import yaml
 
 from autoprune import cli
+from autoprune.data.datasets import FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_ENV
 from autoprune.evaluation import Evaluator
 
 SMOKE = {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
@@ -109,3 +112,26 @@ def test_bad_command_lines_exit_2_with_one_line(case, tmp_path, capsys):
     code = cli.main([subs.get(a, a) for a in args] + ["--quiet"] * (args[0] == "search"))
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err, err
+
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+SHIPPED = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DEBIAN_DIR.exists() and not os.environ.get(FASHION_MNIST_ENV),
+                    reason="needs Fashion-MNIST (make test installs it)")
+# Each Fashion-MNIST config also scores dense and pruned models on the 10k TEST split (and one builds a
+# latency table): minutes in all, so those run with `make test-all`; the digits smoke run is always on.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "digits_smoke.yaml" else pytest.mark.slow)
+                                  for n in SHIPPED])
+def test_every_shipped_config_runs(name, tmp_path):
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    small = ["--evaluations", "5", "--set", "evaluation.val_size=100", "--set", "evaluation.bn_batches=1",
+             "--set", "latency.runtime=torch", "--set", "threads=2"]
+    if config["model"].get("train_epochs"):
+        small += ["--set", "model.train_epochs=0.005"]
+    run_dir = tmp_path / "run"
+    assert cli.main(["search", str(CONFIGS / name), "--run-dir", str(run_dir),
+                     "--quiet", *small]) == 0
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["meets_budget"] and summary["evaluations"] == 5
