@@ -27,7 +27,7 @@ from autoprune.budget import Budget
 from autoprune.pruning import Pruner
 from autoprune.rewards import Baseline, Reward, get_reward
 from autoprune.search_spaces import Policy, SearchSpace
-from autoprune.training import TrainConfig, accuracy, train
+from autoprune.training import TrainConfig, accuracy, model_device, train
 
 __all__ = ["Evaluator", "Result", "recalibrate_batchnorm"]
 
@@ -76,10 +76,11 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) ->
         bn.momentum = None  # cumulative moving average: every batch weighs the same
     was_training = model.training
     model.train()
+    device = model_device(model)
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                model(x[i:i + batch_size])
+                model(x[i:i + batch_size].to(device))
     finally:
         for bn, m in zip(bns, momenta, strict=True):
             bn.momentum = m
@@ -104,12 +105,15 @@ class Evaluator:
         reward: a built-in name (``"accuracy"``, ``"acc_flops"``, ...), ``"module:function"`` or a
             callable ``(result, baseline) -> float``; defaults to the validation accuracy.
         seed: seeds the choice of recalibration images and fine-tuning.
+        device: where pruned copies are recalibrated, fine-tuned and scored (``"cuda"`` when a GPU
+            is there). Pruning itself runs on the CPU; a device other than the CPU implies the
+            exact path, since masks act on the shared CPU model.
     """
 
     def __init__(self, model: nn.Module, space: SearchSpace, *, train_data: TensorDataset, val_data: TensorDataset,
                  budget: Budget | None = None, importance: str = "l2", val_size: int = 2000, bn_batches: int = 8,
                  batch_size: int = 64, finetune_steps: int = 0, path: str = "auto",
-                 reward: str | Reward | None = None, seed: int = 0) -> None:
+                 reward: str | Reward | None = None, seed: int = 0, device: str | torch.device = "cpu") -> None:
         if path not in ("auto", "exact", "mask"):
             raise ValueError(f"path must be 'auto', 'exact' or 'mask', got {path!r}")
         if val_size < 1 or bn_batches < 0 or batch_size < 1 or finetune_steps < 0:
@@ -133,7 +137,8 @@ class Evaluator:
             calibration = (x_train[:batch_size], train_data.tensors[1][:batch_size])
         self.pruner = Pruner(model, space, importance=importance, example_inputs=example,
                              calibration=calibration, seed=seed)
-        self.path = "exact" if finetune_steps else path
+        self.device = torch.device(device)
+        self.path = "exact" if finetune_steps or self.device.type != "cpu" else path
         self.path_timing: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------
@@ -152,6 +157,7 @@ class Evaluator:
         try:
             t = time.perf_counter()
             with self._pruned(policy) as model:
+                model.to(self.device)
                 seconds["prune"] = time.perf_counter() - t
                 if self.finetune_steps:
                     t = time.perf_counter()

@@ -7,16 +7,20 @@ and its accuracy measured on the 10k TEST split, before and after a ``--finetune
 Also: evaluations per second and the fraction of wall time spent outside the forward passes.
 
     python benchmarks/search_quality.py --backends uniform random ddpg tpe evolution \\
-        --seeds 0 1 2 --budgets 0.5 0.3 --evaluations 300
+        --seeds 0 1 2 --budgets 0.5 0.3 --evaluations 300 --jobs 15 --device cuda
 
-Each finished (budget, backend, seed) is appended to ``search_quality.jsonl`` (so several processes
-can share the work and a rerun skips what is done); ``search_quality.md`` is rebuilt from all of it.
+Each (budget, backend, seed) is one single-threaded process (``--jobs`` of them at once); each finished
+one is appended to ``search_quality.jsonl`` (a rerun skips what is done), and ``search_quality.md``
+is rebuilt from all of it. ``--device cuda`` scores the pruned copies on a GPU (pruning and the
+searchers stay on the CPU); the device is recorded with every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -37,10 +41,16 @@ from autoprune.training import TrainConfig, accuracy, train
 BACKEND_OPTIONS = {"ddpg": {"warmup": 100}, "tpe": {"n_startup_trials": 10}}
 
 
-def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace, model, splits, space) -> dict:
+def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
+    """One search and the test-split measurements of its best policy (runs in its own process)."""
+    torch.set_num_threads(1)
+    model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
+    splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
+    space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8))
     budget = Budget(flops=flops)
     evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
-                          val_size=args.val_size, bn_batches=args.bn_batches, path="exact", seed=seed)
+                          val_size=args.val_size, bn_batches=args.bn_batches, path="exact", seed=seed,
+                          device=args.device)
     with tempfile.TemporaryDirectory() as run_dir:
         searcher = create_searcher(backend, evaluator=evaluator, seed=seed, ledger=run_dir,
                                    **BACKEND_OPTIONS.get(backend, {}))
@@ -52,6 +62,7 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace, mod
     forward = sum(r.seconds.get("recalibrate", 0.0) + r.seconds.get("validate", 0.0) for r in results)
     pruned = evaluator.pruner.prune(best.policy)
     counted = count_costs(pruned, splits.example_inputs())
+    pruned.to(args.device)
     recalibrate_batchnorm(pruned, evaluator.bn_inputs, evaluator.batch_size)
     test = accuracy(pruned, splits.test)
     torch.manual_seed(seed)
@@ -63,7 +74,14 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace, mod
             "best_val": best.accuracy, "best_test": test, "val_test_gap": best.accuracy - test,
             "best_test_finetuned": accuracy(pruned, splits.test), "counted_flops_ratio": counted.macs /
             space.dense_costs.macs, "meets_budget": counted.macs <= flops * space.dense_costs.macs,
-            "all_feasible": all(r.feasible for r in results), "policy": best.policy.to_dict()}
+            "all_feasible": all(r.feasible for r in results), "policy": best.policy.to_dict(),
+            "device": _device_name(args.device), "torch": torch.__version__}
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(device)} (evaluation), 1 CPU thread per search"
+    return "CPU, 1 thread per search"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -77,6 +95,8 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
              "Reference model: 92.53% test. Search on adaptive-BN validation accuracy (validation images carved "
              "from TRAIN); best policy physically pruned, FLOPs counted, test accuracy on the 10k TEST split "
              "without and with fine-tuning. Overhead = fraction of wall time outside forward passes.", "",
+             "Ran on: " + "; ".join(sorted({f"{r.get('device', 'CPU')}, torch {r.get('torch', '?')}" for r in rows})),
+             "",
              "| budget | backend | seeds | evals | test (no FT) | test after FT | val - test | evals/s | overhead "
              "| budget met |", "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["budget"], r["backend"]) for r in rows}, key=lambda k: (-k[0], k[1]))
@@ -102,33 +122,33 @@ def main() -> None:
     parser.add_argument("--bn-batches", type=int, default=8)
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
     parser.add_argument("--finetune-lr", type=float, default=0.05)
+    parser.add_argument("--device", default="cpu", help="where pruned copies are scored: cpu or cuda")
+    parser.add_argument("--jobs", type=int, default=1, help="searches run at once, one process each")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ledger = out / "search_quality.jsonl"
     done = set()
     if ledger.exists():
         done = {(r["budget"], r["backend"], r["seed"]) for r in map(json.loads, ledger.read_text().splitlines())}
-    model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
-    splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
-    space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8))
-    command = "python benchmarks/search_quality.py " + " ".join(sys.argv[1:])
-    for flops in args.budgets:
-        for backend in args.backends:
-            for seed in args.seeds:
-                if (flops, backend, seed) in done:
-                    continue
-                row = run_one(backend, seed, flops, args, model, splits, space)
-                row["command"] = command.strip()
-                with ledger.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(f"{flops:.0%} {backend} seed {seed}: test {row['best_test']:.2%} (val {row['best_val']:.2%}), "
-                      f"after FT {row['best_test_finetuned']:.2%}, {row['evals_per_s']:.2f} evals/s, "
-                      f"overhead {row['outside_forward']:.1%}", flush=True)
-                rows = [json.loads(line) for line in ledger.read_text().splitlines()]
-                write_markdown(rows, out / "search_quality.md", command.strip())
+    command = ("python benchmarks/search_quality.py " + " ".join(sys.argv[1:])).strip()
+    todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
+            if (flops, backend, seed) not in done]
+    todo.sort(key=lambda job: job[0] == "uniform")  # the one-evaluation baseline last: long searches start first
+    # spawn: each search starts from a clean interpreter (no forked torch thread pools or CUDA state)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        futures = {pool.submit(run_one, *job, args): job for job in todo}
+        for future in concurrent.futures.as_completed(futures):
+            row = {**future.result(), "command": command}
+            with ledger.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{row['budget']:.0%} {row['backend']} seed {row['seed']}: test {row['best_test']:.2%} "
+                  f"(val {row['best_val']:.2%}), after FT {row['best_test_finetuned']:.2%}, "
+                  f"{row['evals_per_s']:.2f} evals/s, overhead {row['outside_forward']:.1%}", flush=True)
+            rows = [json.loads(line) for line in ledger.read_text().splitlines()]
+            write_markdown(rows, out / "search_quality.md", command)
 
 
 if __name__ == "__main__":

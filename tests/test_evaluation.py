@@ -97,3 +97,12 @@ def test_dense_accuracy_matches_plain_accuracy(setup):
     model, _, data = setup
     assert _evaluator(setup).dense_accuracy() == accuracy(model, torch.utils.data.TensorDataset(
         data.val.tensors[0][:300], data.val.tensors[1][:300]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_scoring_on_a_gpu_matches_the_cpu(setup):
+    policy = setup[1].sample(np.random.default_rng(1))
+    on_gpu = _evaluator(setup, device="cuda", finetune_steps=5)
+    a, b = on_gpu(policy), _evaluator(setup, path="exact", finetune_steps=5)(policy)
+    assert on_gpu.path == "exact" and next(setup[0].parameters()).device.type == "cpu"
+    assert a.failed is None and abs(a.accuracy - b.accuracy) <= 0.02

@@ -137,7 +137,10 @@ def load_dataset(name: str, *, root: str | os.PathLike[str] | None = None, val_s
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
 
     def ds(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-        return TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
+        # numpy gives the size-1 channel axis a stride of 1, which makes (N, 1, H, W) images look
+        # channels-last to oneDNN; an explicit row-major copy keeps them in the standard layout.
+        return TensorDataset(torch.from_numpy(x).clone(memory_format=torch.contiguous_format),
+                             torch.from_numpy(np.ascontiguousarray(y)))
 
     return Splits(name=name, train=ds(x_tr[train_idx], y_tr[train_idx]), val=ds(x_tr[val_idx], y_tr[val_idx]),
                   test=ds(x_te, y_te), num_classes=int(y_tr.max()) + 1)
