@@ -44,71 +44,49 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Uniformly prune the reference ResNet-20 to the FLOPs budget and compare it with the dense model."""
-    import json
-    from pathlib import Path
+    """A short TPE search on the reference ResNet-20 / Fashion-MNIST, then ONNX export and the report."""
+    from autoprune import run
+    from autoprune.config import Config
 
-    import torch
-    from rich.console import Console
-    from rich.table import Table
+    config = Config.model_validate({
+        "model": {"name": "resnet20"},
+        "data": {"name": "fashion_mnist", "val_size": 5000},  # the checkpoint's own held-out images
+        "budget": {"flops": args.flops},
+        "pruner": {"importance": "l2", "bounds": [0.0, 0.8]},
+        "search": {"backend": "tpe", "evaluations": args.evaluations, "options": {"n_startup_trials": 10}},
+        "evaluation": {"val_size": args.val_size, "bn_batches": args.bn_batches},
+        "seed": args.seed, "threads": args.threads})
+    run_dir = args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    outcome = run.start(config, run_dir, show_progress=not args.quiet)
+    _print_outcome(outcome)
+    if args.finetune_epochs:
+        _finetune(outcome.run_dir, args.finetune_epochs, distill=False, quiet=args.quiet)
+    _export(outcome.run_dir, "onnx")
+    _report(outcome.run_dir)
+    return 0 if outcome.summary["meets_budget"] else 1
 
-    from autoprune.budget import Budget, uniform_policy
-    from autoprune.costs import Costs, count_costs
-    from autoprune.data import load_dataset
-    from autoprune.evaluation import Evaluator, recalibrate_batchnorm
-    from autoprune.models import load_checkpoint, reference_checkpoint
-    from autoprune.pruning import export_onnx, save_pruned
-    from autoprune.search_spaces import SearchSpace
-    from autoprune.training import accuracy
 
-    console = Console()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
-    splits = load_dataset(meta["dataset"], val_size=meta["val_size"], seed=meta["split_seed"])
-    example = splits.example_inputs()
-    space = SearchSpace.from_model(model, example, bounds=(0.0, 0.8))
-    budget = Budget(flops=args.flops)
-    policy = uniform_policy(space, budget)
-    evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
-                          val_size=args.val_size, bn_batches=args.bn_batches)
-    console.print(f"[bold]{len(space)} coupled groups[/]; uniform ratio {next(iter(policy.values())):.3f} "
-                  f"meets {budget}")
-    result = evaluator(policy)
-    if result.failed:
-        raise RuntimeError(result.failed)
-    pruned = evaluator.pruner.prune(policy)
-    recalibrate_batchnorm(pruned, evaluator.bn_inputs, evaluator.batch_size)
-    counted = count_costs(pruned, example)
-    dense = space.dense_costs
-    dense_test, pruned_test = accuracy(model, splits.test), accuracy(pruned, splits.test)
-    table = Table(title=f"ResNet-20 on Fashion-MNIST, uniform pruning to {budget}")
-    for col in ("", "dense", "pruned", "pruned / dense"):
-        table.add_column(col, justify="right")
-    table.add_row("FLOPs (MACs)", f"{dense.macs / 1e6:.2f} M", f"{counted.macs / 1e6:.2f} M",
-                  f"{counted.macs / dense.macs:.1%}")
-    table.add_row("parameters", f"{dense.params / 1e3:.1f} k", f"{counted.params / 1e3:.1f} k",
-                  f"{counted.params / dense.params:.1%}")
-    table.add_row("val accuracy (adaptive BN)", f"{evaluator.dense_accuracy():.2%}", f"{result.accuracy:.2%}", "")
-    table.add_row("test accuracy", f"{dense_test:.2%}", f"{pruned_test:.2%}", "")
-    console.print(table)
-    run_dir = Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "best_policy.json").write_text(policy.to_json(indent=2))
-    spec = {k: meta[k] for k in ("model", "in_channels", "num_classes", "image_size")}
-    save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(policy), spec)
-    onnx_err = export_onnx(pruned, splits.example_inputs(8), run_dir / "pruned.onnx")
-    summary = {"budget": str(budget), "policy": policy.to_dict(), "dense": vars(dense), "pruned": vars(counted),
-               "analytic_equals_counted": counted == Costs(result.flops, result.params),
-               "meets_budget": budget.holds(counted, dense),
-               "val_accuracy": result.accuracy, "dense_test_accuracy": dense_test, "test_accuracy": pruned_test,
-               "seconds": result.seconds, "path": result.path, "onnx_max_abs_error": onnx_err}
-    (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
-    ok = summary["meets_budget"] and summary["analytic_equals_counted"]
-    console.print(f"budget {'met' if ok else 'NOT met'} (counted on the physically pruned model); "
-                  f"evaluation {result.seconds['total']:.2f} s via the {result.path} path; "
-                  f"ONNX export matches torch to {onnx_err:.1e}; written to {run_dir}/")
-    return 0 if ok else 1
+def _finetune(run_dir, epochs: float, *, distill: bool, quiet: bool, lr: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    from autoprune.finetune import finetune_run
+
+    r = finetune_run(run_dir, epochs=epochs, lr=lr, distill=distill, show_progress=not quiet)
+    print(f"fine-tuned {epochs:g} epoch(s){' with distillation' if distill else ''} in {r['seconds']:.0f} s: "
+          f"test accuracy {r['test_accuracy_before']:.2%} -> {r['test_accuracy']:.2%} "
+          f"(dense {r['dense_test_accuracy']:.2%}); saved {run_dir}/finetuned.pt")
+
+
+def _export(run_dir, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    from autoprune.export import export_run
+
+    e = export_run(run_dir, fmt)
+    print(f"exported {e['source']} as {fmt}: {run_dir}/{e['path']}; outputs match torch to {e['max_abs_error']:.1e}; "
+          f"measured latency {e['latency_ms']:.3f} ms ({e['runtime']}, batch 1, 1 thread)")
+
+
+def _report(run_dir) -> None:  # type: ignore[no-untyped-def]
+    from autoprune.report import build_report
+
+    print(f"report: {build_report(run_dir)}")
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -151,7 +129,26 @@ def _cmd_search(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or f"runs/{config.search.backend}-{time.strftime('%Y%m%d-%H%M%S')}"
     outcome = run.start(config, run_dir, show_progress=not args.quiet)
     _print_outcome(outcome)
+    if not args.no_report:
+        _report(outcome.run_dir)
     return 0 if outcome.summary["meets_budget"] else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    _report(args.run_dir)
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    _finetune(args.run_dir, args.epochs, distill=args.distill, quiet=args.quiet, lr=args.lr)
+    _report(args.run_dir)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    for fmt in args.format:
+        _export(args.run_dir, fmt)
+    return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -161,6 +158,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if outcome.already_finished:
         print(f"{outcome.run_dir} is already finished; nothing to do")
     _print_outcome(outcome)
+    if not outcome.already_finished and not args.no_report:
+        _report(outcome.run_dir)
     return 0
 
 
@@ -187,14 +186,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="checkpoint path to write")
     t.set_defaults(func=_cmd_train)
 
-    d = sub.add_parser("demo", help="prune the reference ResNet-20 on Fashion-MNIST to 50%% FLOPs",
-                       epilog="example:\n  autoprune demo --flops 0.5",
+    d = sub.add_parser("demo", help="search the reference ResNet-20 on Fashion-MNIST at 50%% FLOPs, then report",
+                       epilog="examples:\n  autoprune demo\n  autoprune demo --evaluations 100 --finetune-epochs 1",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--flops", type=float, default=0.5, help="FLOPs budget as a fraction of dense (default 0.5)")
+    d.add_argument("--evaluations", type=int, default=40, help="policies the TPE search scores (default 40)")
     d.add_argument("--val-size", type=int, default=2000, help="validation images scored (from TRAIN)")
     d.add_argument("--bn-batches", type=int, default=8, help="batches of 64 train images for adaptive BN")
-    d.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    d.add_argument("--run-dir", default="runs/demo")
+    d.add_argument("--finetune-epochs", type=float, default=0.0, help="fine-tune the result (default: no)")
+    d.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--run-dir", help="where the run is written (default runs/demo-TIMESTAMP)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("search", help="search prune ratios that meet a budget, as a config describes",
@@ -211,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", help="where the run is written (default runs/BACKEND-TIMESTAMP)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. seed=3")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--no-report", action="store_true", help="skip report.html (it measures latency: seconds)")
     s.set_defaults(func=_cmd_search)
 
     r = sub.add_parser("resume", help="continue a search from its run directory",
@@ -218,7 +222,33 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("run_dir")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--no-report", action="store_true", help="skip report.html")
     r.set_defaults(func=_cmd_resume)
+
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html (+ PNGs): costs, latency, accuracy, plots",
+                         epilog="example:\n  autoprune report runs/tpe-20261123-101500",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=_cmd_report)
+
+    f = sub.add_parser("finetune", help="fine-tune the run's pruned model (optionally distilled from the dense one)",
+                       epilog="example:\n  autoprune finetune runs/tpe-20261123-101500 --epochs 2 --distill",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("run_dir")
+    f.add_argument("--epochs", type=float, default=1.0)
+    f.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule")
+    f.add_argument("--distill", action="store_true", help="distill from the dense model (Hinton et al.)")
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=_cmd_finetune)
+
+    e = sub.add_parser("export", help="export the run's final model (fine-tuned if any) and measure it",
+                       epilog="examples:\n  autoprune export runs/tpe-20261123-101500 --format onnx\n"
+                              "  autoprune export runs/tpe-20261123-101500 --format torch onnx",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("run_dir")
+    e.add_argument("--format", nargs="+", choices=["torch", "onnx"], default=["onnx"],
+                   help="torch: torch.export program (model.pt2); onnx: model.onnx")
+    e.set_defaults(func=_cmd_export)
     return p
 
 
@@ -232,15 +262,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoprune: interrupted; continue with 'autoprune resume RUN_DIR'", file=sys.stderr)
         return 130
-    except Exception as e:  # a failure inside the run: one line here, the traceback in the run's log
-        import logging
-        import traceback
-
-        logging.getLogger("autoprune").error("run failed:\n%s", traceback.format_exc())
-        where = getattr(args, "run_dir", None)
-        hint = f"; details in {where}/log.txt" if where else ""
-        print(f"autoprune: run failed: {type(e).__name__}: {e}{hint}", file=sys.stderr)
+    except Exception as e:  # a failure inside the run: one line here, the traceback in a log file
+        log = _write_traceback(getattr(args, "run_dir", None))
+        print(f"autoprune: run failed: {type(e).__name__}: {e}; details in {log}", file=sys.stderr)
         return 1
+
+
+def _write_traceback(run_dir: str | None) -> str:
+    """Append the current traceback to the run's log.txt (or a log file in the temp folder)."""
+    import tempfile
+    import traceback
+    from pathlib import Path
+
+    if run_dir and Path(run_dir).is_dir():
+        path = Path(run_dir) / "log.txt"
+    else:
+        path = Path(tempfile.gettempdir()) / f"autoprune-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with path.open("a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} run failed:\n{traceback.format_exc()}\n")
+    return str(path)
 
 
 if __name__ == "__main__":

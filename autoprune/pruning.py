@@ -36,7 +36,7 @@ from autoprune.costs import SUPPORTED_LAYERS, count_costs
 from autoprune.search_spaces import GroupMember, GroupSpec, SearchSpace
 
 __all__ = ["IMPORTANCE_NAMES", "Plan", "Pruner", "UnsupportedModelError", "apply_plan", "discover_groups",
-           "export_onnx", "load_pruned", "prune_shape_only", "save_pruned", "verify_cost_model"]
+           "export_onnx", "load_pruned", "prune_shape_only", "read_plan", "save_pruned", "verify_cost_model"]
 
 IMPORTANCE_NAMES = ("l1", "l2", "bn_scale", "taylor", "fpgm", "lamp", "random")
 _ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -393,17 +393,37 @@ def save_pruned(path: str | os.PathLike[str], model: nn.Module, plan: Plan, mode
     return path
 
 
+def _read_pruned(path: str | os.PathLike[str]) -> dict[str, Any]:
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != "autoprune.pruned/1":
+        raise ValueError(f"{path} is not an autoprune pruned-model file")
+    return blob
+
+
+def _plan_of(blob: Mapping[str, Any]) -> Plan:
+    return {(name, out): idxs for name, out, idxs in blob["plan"]}
+
+
+def read_plan(path: str | os.PathLike[str]) -> Plan:
+    """The pruning plan stored in a file written by :func:`save_pruned`."""
+    return _plan_of(_read_pruned(path))
+
+
 def load_pruned(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by :func:`save_pruned`: dense model from its spec, replay the plan, load weights."""
+    import importlib
+
     from autoprune.models import create_model
 
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if blob.get("format") != "autoprune.pruned/1":
-        raise ValueError(f"{path} is not an autoprune pruned-model file")
+    blob = _read_pruned(path)
     spec = json.loads(blob["model_spec"])
-    model = create_model(spec["model"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
-                         image_size=spec["image_size"])
-    apply_plan(model, {(name, out): idxs for name, out, idxs in blob["plan"]})
+    if ":" in spec["model"]:  # a user's "package.module:factory"
+        module, _, factory = spec["model"].partition(":")
+        model = getattr(importlib.import_module(module), factory)()
+    else:
+        model = create_model(spec["model"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
+                             image_size=spec["image_size"])
+    apply_plan(model, _plan_of(blob))
     model.load_state_dict(blob["state_dict"])
     return model.eval(), spec
 

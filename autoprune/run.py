@@ -27,7 +27,7 @@ from autoprune.evaluation import Evaluator, recalibrate_batchnorm
 from autoprune.search import Searcher, create_searcher
 from autoprune.search_spaces import SearchSpace
 
-__all__ = ["RunOutcome", "resume", "start"]
+__all__ = ["RunContents", "RunOutcome", "open_run", "resume", "start"]
 
 log = logging.getLogger("autoprune.run")
 CHECKPOINT = "searcher.ckpt"
@@ -154,6 +154,55 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
                "best": best.to_dict(), "done": True}
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return RunOutcome(run_dir, summary)
+
+
+@dataclass
+class RunContents:
+    """A finished run, loaded for reporting, fine-tuning or export (nothing outside ``run_dir`` needed)."""
+
+    run_dir: Path
+    config: Config
+    splits: Splits
+    dense: nn.Module
+    space: SearchSpace
+    spec: dict[str, Any]
+    summary: dict[str, Any]
+
+    def pruned(self) -> nn.Module:
+        """The best policy's pruned model as the search saved it (before any fine-tune)."""
+        from autoprune.pruning import load_pruned
+
+        return load_pruned(self.run_dir / "pruned.pt")[0]
+
+    def final(self) -> tuple[nn.Module, str]:
+        """The model to ship: the fine-tuned one when ``autoprune finetune`` ran, else the pruned one."""
+        from autoprune.pruning import load_pruned
+
+        for name in ("finetuned.pt", "pruned.pt"):
+            if (self.run_dir / name).exists():
+                return load_pruned(self.run_dir / name)[0], name
+        raise FileNotFoundError(f"{self.run_dir} has no pruned model; finish the search with 'autoprune resume'")
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        """A JSON file of the run directory, or None when that step has not run."""
+        path = self.run_dir / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def open_run(run_dir: str | Path) -> RunContents:
+    """Load a finished run: its config, data, dense model and search space."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "config.yaml").exists():
+        raise ConfigError(f"{run_dir} holds no run (no config.yaml); start one with 'autoprune search CONFIG'")
+    result = run_dir / "result.json"
+    summary = json.loads(result.read_text()) if result.exists() else {}
+    if not summary.get("done"):
+        raise ConfigError(f"{run_dir} is not finished; continue it with 'autoprune resume {run_dir}'")
+    config = load_config(run_dir / "config.yaml")
+    torch.set_num_threads(config.threads)
+    splits = _load_data(config)
+    model, spec = _load_model(config, splits, run_dir, show_progress=False)
+    return RunContents(run_dir, config, splits, model, _space(config, model, splits), spec, summary)
 
 
 def _logging_to(run_dir: Path) -> logging.Handler:

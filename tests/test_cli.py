@@ -11,7 +11,8 @@ from autoprune.models import REFERENCE_DIR
 
 
 def test_help_works_for_every_command():
-    for args in (["--help"], ["train", "--help"], ["demo", "--help"]):
+    commands = ("train", "demo", "search", "resume", "report", "finetune", "export")
+    for args in (["--help"], *([c, "--help"] for c in commands)):
         out = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True)
         assert out.returncode == 0 and "example" in out.stdout
 
@@ -48,14 +49,16 @@ def test_train_writes_a_loadable_checkpoint(tmp_path):
 @pytest.mark.skipif(not (REFERENCE_DIR / "resnet20_fashion_mnist.pt").exists()
                     or not (ds.FASHION_MNIST_DEBIAN_DIR.exists() or os.environ.get(ds.FASHION_MNIST_ENV)),
                     reason="needs Fashion-MNIST (make test installs it) and the reference checkpoint")
-def test_demo_prunes_to_budget_end_to_end(tmp_path):
-    assert cli.main(["demo", "--run-dir", str(tmp_path), "--val-size", "500", "--bn-batches", "4"]) == 0
+def test_demo_searches_exports_and_reports_within_budget(tmp_path):
+    assert cli.main(["demo", "--run-dir", str(tmp_path), "--evaluations", "6", "--val-size", "500",
+                     "--bn-batches", "2", "--quiet"]) == 0
     summary = json.loads((tmp_path / "result.json").read_text())
-    assert summary["meets_budget"] and summary["analytic_equals_counted"]
-    assert summary["pruned"]["macs"] <= 0.5 * summary["dense"]["macs"]
-    assert summary["dense_test_accuracy"] >= 0.925
-    assert summary["test_accuracy"] > 0.5
-    assert (tmp_path / "pruned.pt").exists() and (tmp_path / "pruned.onnx").exists()
+    assert summary["meets_budget"] and summary["evaluations"] == 6
+    assert summary["pruned"]["flops"] <= 0.5 * summary["dense"]["flops"]
+    assert summary["dense"]["test_accuracy"] >= 0.925 and summary["pruned"]["test_accuracy"] > 0.5
+    exported = json.loads((tmp_path / "export.json").read_text())["onnx"]
+    assert exported["max_abs_error"] <= 1e-4 and (tmp_path / "export" / "model.onnx").exists()
+    assert (tmp_path / "report.html").exists() and (tmp_path / "pruned.pt").exists()
 
 
 def test_progress_degrades_to_log_lines_and_can_be_silenced(capsys):

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from autoprune.evaluation import Result
 from autoprune.search_spaces import Policy, SearchSpace
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "read_ledger"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -54,9 +54,8 @@ class Ledger:
                                                             for g in space.groups}
         self._cache: dict[tuple[int, ...], Result] = {}
         self._order: list[Result] = []
-        for trial in self.study.get_trials(deepcopy=False):
-            if "result" in trial.user_attrs and not trial.user_attrs.get("cached"):
-                self._remember(Result.from_dict(json.loads(trial.user_attrs["result"])))
+        for result in _recorded(self.study):
+            self._remember(result)
 
     @classmethod
     def in_directory(cls, run_dir: str | os.PathLike[str], space: SearchSpace, **kwargs: Any) -> Ledger:
@@ -126,6 +125,19 @@ class Ledger:
         """The highest-reward evaluation that completed within budget."""
         ok = [r for r in self._order if r.ok and r.reward is not None]
         return max(ok, key=lambda r: r.reward) if ok else None  # type: ignore[arg-type, return-value]
+
+
+def _recorded(study: optuna.Study) -> list[Result]:
+    return [Result.from_dict(json.loads(t.user_attrs["result"])) for t in study.get_trials(deepcopy=False)
+            if "result" in t.user_attrs and not t.user_attrs.get("cached")]
+
+
+def read_ledger(run_dir: str | os.PathLike[str], *, study_name: str = "autoprune") -> list[Result]:
+    """Every distinct evaluation in ``run_dir/ledger.db``, in the order recorded (read-only use)."""
+    path = Path(run_dir).resolve() / "ledger.db"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory")
+    return _recorded(optuna.load_study(study_name=study_name, storage=f"sqlite:///{path}"))
 
 
 def _open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
