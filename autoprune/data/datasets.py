@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +57,44 @@ class Splits:
 
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         return self.train.tensors[0][:batch].clone()
+
+    @classmethod
+    def from_loaders(cls, train: Iterable[Any], val: Iterable[Any], test: Iterable[Any] | None = None, *,
+                     num_classes: int | None = None, max_train: int | None = 10_000,
+                     name: str = "custom") -> Splits:
+        """Splits from a user's DataLoaders (or any iterables of ``(inputs, labels)`` batches).
+
+        The batches are gathered into memory once: a search forwards the same few thousand
+        images for every policy, and tensors in memory keep that loop free of loader overhead.
+
+        Args:
+            train: training batches; adaptive BN and fine-tuning draw from them.
+            val: validation batches the search ranks policies on (hold them out of training).
+            test: batches for the final report only; defaults to ``val``.
+            num_classes: defaults to the largest label + 1.
+            max_train: gather at most this many training examples (``None``: all of them).
+        """
+        def gather(loader: Iterable[Any], limit: int | None, which: str) -> TensorDataset:
+            xs, ys, n = [], [], 0
+            for batch in loader:
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise ValueError(f"{which} loader must yield (inputs, labels) batches, got {type(batch).__name__}")
+                x, y = torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+                xs.append(x.float())
+                ys.append(y.long())
+                n += len(y)
+                if limit is not None and n >= limit:
+                    break
+            if not xs:
+                raise ValueError(f"{which} loader yielded no batches")
+            # a fresh row-major copy: loaders may hand out channels-last or strided views
+            return TensorDataset(torch.cat(xs)[:limit].clone(memory_format=torch.contiguous_format),
+                                 torch.cat(ys)[:limit])
+
+        tr, va = gather(train, max_train, "train"), gather(val, None, "val")
+        te = gather(test, None, "test") if test is not None else va
+        classes = num_classes or int(max(int(d.tensors[1].max()) for d in (tr, va, te))) + 1
+        return cls(name=name, train=tr, val=va, test=te, num_classes=classes)
 
 
 def _read_idx(path: Path) -> np.ndarray:
