@@ -127,8 +127,13 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
     searcher, splits, spec = _build(config, run_dir, show_progress)
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists():
-        with ckpt.open("rb") as f:
-            searcher.load_state_dict(pickle.load(f))
+        try:
+            with ckpt.open("rb") as f:
+                state = pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
+            raise ConfigError(f"{ckpt} is damaged ({type(e).__name__}); delete it to continue from the ledger "
+                              "alone (recorded evaluations are kept and not re-run; the searcher restarts)") from e
+        searcher.load_state_dict(state)
         log.info("resumed %s with %d evaluations in the ledger", config.search.backend, len(searcher.ledger))
     start = time.perf_counter()
     best = searcher.run(config.search.evaluations, show_progress=show_progress,
