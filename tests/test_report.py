@@ -80,7 +80,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (make test installs Debian's chromium)")
 def test_report_renders_in_headless_chromium_with_its_plots(run_dir, tmp_path):
-    import numpy as np
     from matplotlib.image import imread
 
     page = build_report(run_dir, latency_repeats=3)

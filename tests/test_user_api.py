@@ -1,8 +1,7 @@
 """The README's "your own model" example: a user's nn.Module, DataLoaders and reward, end to end."""
 
-import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from autoprune.budget import Budget
 from autoprune.data import Splits
