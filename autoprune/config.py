@@ -82,6 +82,7 @@ class EvaluationConfig(_Section):
     batch_size: int = Field(default=64, ge=1)
     finetune_steps: int = Field(default=0, ge=0)
     path: Literal["auto", "exact", "mask"] = "auto"
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 class Config(_Section):

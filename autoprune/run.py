@@ -101,10 +101,12 @@ def _build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher
                                                 batch=config.latency.batch))
     check_feasible(space, budget)
     ev = config.evaluation
+    if ev.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"evaluation.device: {ev.device} asked for, but torch sees no CUDA device; use cpu")
     evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
                           importance=config.pruner.importance, val_size=ev.val_size, bn_batches=ev.bn_batches,
                           batch_size=ev.batch_size, finetune_steps=ev.finetune_steps, path=ev.path,
-                          reward=config.reward, seed=config.seed)
+                          reward=config.reward, seed=config.seed, device=ev.device)
     searcher = create_searcher(config.search.backend, evaluator=evaluator, seed=config.seed, ledger=run_dir,
                                **config.search.options)
     return searcher, splits, spec

@@ -135,3 +135,11 @@ def test_every_shipped_config_runs(name, tmp_path):
                      "--quiet", *small]) == 0
     summary = json.loads((run_dir / "result.json").read_text())
     assert summary["meets_budget"] and summary["evaluations"] == 5
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_without_one_is_a_usage_error(tmp_path, capsys):
+    config = _write(tmp_path, {**SMOKE, "evaluation": {**SMOKE["evaluation"], "device": "cuda"}})
+    assert cli.main(["search", config, "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "evaluation.device: cuda" in err and "no CUDA device" in err and "\n" not in err
