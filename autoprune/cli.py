@@ -122,7 +122,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         for k in {"flops", "params", "latency", "latency_ms"} - set(budget):
             overrides[f"budget.{k}"] = "null"
     for flag, key in ((args.backend, "search.backend"), (args.evaluations, "search.evaluations"),
-                      (args.seed, "seed")):
+                      (args.seed, "seed"), (args.workers, "search.workers"), (args.address, "search.address")):
         if flag is not None:
             overrides[key] = str(flag)
     config = load_config(args.config, overrides)
@@ -211,6 +211,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="flops/params as a fraction (<= 1) or absolute count; latency (fraction) or latency_ms")
     s.add_argument("--evaluations", type=int)
     s.add_argument("--seed", type=int)
+    s.add_argument("--workers", type=int, help="evaluations in parallel on this many Ray actors (default 1: no Ray)")
+    s.add_argument("--address", help="join this Ray cluster (e.g. auto, or HOST:6379) instead of a local Ray")
     s.add_argument("--run-dir", help="where the run is written (default runs/BACKEND-TIMESTAMP)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. seed=3")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

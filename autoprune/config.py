@@ -74,6 +74,8 @@ class SearchConfig(_Section):
     backend: Literal["ddpg", "tpe", "gp", "cmaes", "qmc", "nsga2", "evolution", "random", "uniform"] = "tpe"
     evaluations: int = Field(default=100, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
+    workers: int = Field(default=1, ge=1)  # > 1: evaluations in parallel on Ray actors
+    address: str | None = None  # join this Ray cluster instead of starting a local one
 
 
 class EvaluationConfig(_Section):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -180,6 +180,10 @@ class Evaluator:
             return replace(base, failed=f"{type(e).__name__}: {e}")
         seconds["total"] = time.perf_counter() - start
         return replace(base, accuracy=acc, reward=reward)
+
+    def map(self, policies: Sequence[Mapping[str, float]]) -> list[Result]:
+        """Evaluate several policies (one after the other here; on N Ray workers in ``RayEvaluator``)."""
+        return [self(p) for p in policies]
 
     @contextmanager
     def _pruned(self, policy: Policy):  # type: ignore[no-untyped-def]

@@ -107,8 +107,17 @@ def _build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher
                           importance=config.pruner.importance, val_size=ev.val_size, bn_batches=ev.bn_batches,
                           batch_size=ev.batch_size, finetune_steps=ev.finetune_steps, path=ev.path,
                           reward=config.reward, seed=config.seed, device=ev.device)
+    options = dict(config.search.options)
+    if config.search.workers > 1 or config.search.address:
+        from autoprune.distributed import RayEvaluator
+
+        evaluator = RayEvaluator(evaluator, workers=config.search.workers, address=config.search.address)  # type: ignore[assignment]
+        if config.search.backend in ("tpe", "gp", "cmaes", "qmc", "nsga2", "random"):
+            options.setdefault("batch_size", config.search.workers)  # keep every worker busy
+        elif config.search.backend == "ddpg":
+            log.warning("ddpg runs its episodes one after the other; search.workers has no effect")
     searcher = create_searcher(config.search.backend, evaluator=evaluator, seed=config.seed, ledger=run_dir,
-                               **config.search.options)
+                               **options)
     return searcher, splits, spec
 
 
@@ -138,8 +147,12 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
         searcher.load_state_dict(state)
         log.info("resumed %s with %d evaluations in the ledger", config.search.backend, len(searcher.ledger))
     start = time.perf_counter()
-    best = searcher.run(config.search.evaluations, show_progress=show_progress,
-                        callback=lambda s, _results: _save_checkpoint(s, run_dir))
+    try:
+        best = searcher.run(config.search.evaluations, show_progress=show_progress,
+                            callback=lambda s, _results: _save_checkpoint(s, run_dir))
+    finally:
+        if hasattr(searcher.evaluator, "shutdown"):  # Ray workers
+            searcher.evaluator.shutdown()
     _save_checkpoint(searcher, run_dir)
     if best is None:
         raise RuntimeError("no evaluation completed within budget; see the failures in the ledger")

@@ -121,17 +121,36 @@ class Searcher(ABC):
 
     def evaluate(self, policy: Policy, *, trial: Any = None, repair: bool = True) -> Result:
         """Project ``policy`` into the budget, reuse a recorded equivalent or evaluate and record it."""
+        return self.evaluate_many([policy], trials=[trial], repair=repair)[0]
+
+    def evaluate_many(self, policies: Sequence[Policy], *, trials: Sequence[Any] | None = None,
+                      repair: bool = True) -> list[Result]:
+        """:meth:`evaluate` for a batch: the new policies are scored together (in parallel when the
+        evaluator is a :class:`~autoprune.distributed.RayEvaluator`) and recorded in batch order,
+        so a seeded search records the same ledger whatever the number of workers."""
+        trials = list(trials) if trials is not None else [None] * len(policies)
         if repair:
-            policy = project(self.space, self.budget, policy)
-        cached = self.ledger.get(policy)
-        if cached is not None:
-            if trial is not None:  # the asking sampler still needs an answer
-                self.ledger.record(cached, backend=self.name, seed=self.seed, trial=trial,
-                                   values=self.objectives(cached), cached=True)
-            return cached
-        result = self.evaluator(policy)
-        self.ledger.record(result, backend=self.name, seed=self.seed, trial=trial, values=self.objectives(result))
-        return result
+            policies = [project(self.space, self.budget, p) for p in policies]
+        new: dict[tuple[int, ...], Policy] = {}
+        for policy in policies:
+            key = self.ledger.key(policy)
+            if self.ledger.get(policy) is None and key not in new:
+                new[key] = policy
+        scored = dict(zip(new, self.evaluator.map(list(new.values())), strict=True)) if new else {}
+        results = []
+        for policy, trial in zip(policies, trials, strict=True):
+            key = self.ledger.key(policy)
+            cached = self.ledger.get(policy)
+            if cached is not None:  # recorded before, or earlier in this batch
+                if trial is not None:  # the asking sampler still needs an answer
+                    self.ledger.record(cached, backend=self.name, seed=self.seed, trial=trial,
+                                       values=self.objectives(cached), cached=True)
+                results.append(cached)
+                continue
+            result = scored[key]
+            self.ledger.record(result, backend=self.name, seed=self.seed, trial=trial, values=self.objectives(result))
+            results.append(result)
+        return results
 
     # ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ class RandomSearcher(Searcher):
         self.batch_size = batch_size
 
     def _step(self, limit: int) -> list[Result]:
-        return [self.evaluate(self.space.sample(self.rng)) for _ in range(min(self.batch_size, limit))]
+        return self.evaluate_many([self.space.sample(self.rng) for _ in range(min(self.batch_size, limit))])
 
 
 class UniformSearcher(Searcher):

@@ -90,7 +90,7 @@ class EvolutionSearcher(Searcher):
                 return []
             self._queue = self._next_generation()
         batch, self._queue = self._queue[:limit], self._queue[limit:]
-        return [self.evaluate(p, repair=False) for p in batch]  # already projected
+        return self.evaluate_many(batch, repair=False)  # already projected
 
     # ----------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:

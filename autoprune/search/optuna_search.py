@@ -93,13 +93,11 @@ class OptunaSearcher(Searcher):
     def _step(self, limit: int) -> list[Result]:
         study = self.ledger.study
         trials = [study.ask(self.ledger.distributions) for _ in range(min(self.batch_size, limit))]
-        results = []
-        for trial in trials:
-            policy = Policy(trial.params)
-            if self.sampler_name in _CONSTRAINED:
+        policies = [Policy(trial.params) for trial in trials]
+        if self.sampler_name in _CONSTRAINED:
+            for trial, policy in zip(trials, policies, strict=True):
                 trial.set_constraint("budget", self._violation(policy))
-            results.append(self.evaluate(policy, trial=trial))
-        return results
+        return self.evaluate_many(policies, trials=trials)
 
     def pareto_front(self) -> list[Result]:
         """The non-dominated evaluations (multi-objective studies), by accuracy."""
