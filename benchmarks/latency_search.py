@@ -42,7 +42,12 @@ def main() -> None:
                                        "model.train_epochs": str(args.train_epochs),
                                        "evaluation.val_size": str(args.val_size),
                                        "evaluation.bn_batches": str(args.bn_batches)})
-    shutil.rmtree(args.run_dir, ignore_errors=True)
+    run_dir = Path(args.run_dir)
+    if run_dir.exists():  # a fresh search, but keep a dense model trained by an earlier attempt
+        for item in run_dir.iterdir():
+            if item.name != "dense.pt":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        (run_dir / "config.yaml").unlink(missing_ok=True)
     start = time.perf_counter()
     outcome = run.start(config, args.run_dir, show_progress=False)
     wall = time.perf_counter() - start
