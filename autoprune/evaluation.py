@@ -123,7 +123,8 @@ class Evaluator:
         self.budget = budget or Budget()
         self.train_data = train_data
         x_val, y_val = val_data.tensors
-        self.val = TensorDataset(x_val[:val_size], y_val[:val_size])
+        # clones, not views: a view pickles (to Ray workers) with the whole split behind it
+        self.val = TensorDataset(x_val[:val_size].clone(), y_val[:val_size].clone())
         gen = torch.Generator().manual_seed(seed)
         x_train = train_data.tensors[0]
         pick = torch.randperm(len(x_train), generator=gen)[: bn_batches * batch_size]
@@ -131,7 +132,7 @@ class Evaluator:
         self.batch_size, self.finetune_steps, self.seed = batch_size, finetune_steps, seed
         self.reward_fn = get_reward(reward)
         self._baseline: Baseline | None = None
-        example = x_train[:1]
+        example = x_train[:1].clone()
         calibration = (x_train[pick[:batch_size]], train_data.tensors[1][pick[:batch_size]]) if len(pick) else None
         if importance == "taylor" and calibration is None:
             calibration = (x_train[:batch_size], train_data.tensors[1][:batch_size])
@@ -180,6 +181,14 @@ class Evaluator:
             return replace(base, failed=f"{type(e).__name__}: {e}")
         seconds["total"] = time.perf_counter() - start
         return replace(base, accuracy=acc, reward=reward)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to every Ray worker: without fine-tuning steps the TRAIN split is not needed there
+        # (adaptive BN uses bn_inputs), and it is most of the bytes (172 MB for Fashion-MNIST).
+        state = self.__dict__.copy()
+        if not self.finetune_steps:
+            state["train_data"] = None
+        return state
 
     def map(self, policies: Sequence[Mapping[str, float]]) -> list[Result]:
         """Evaluate several policies (one after the other here; on N Ray workers in ``RayEvaluator``)."""
