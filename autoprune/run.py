@@ -222,7 +222,13 @@ def open_run(run_dir: str | Path) -> RunContents:
     torch.set_num_threads(config.threads)
     splits = _load_data(config)
     model, spec = _load_model(config, splits, run_dir, show_progress=False)
-    return RunContents(run_dir, config, splits, model, _space(config, model, splits), spec, summary)
+    space = _space(config, model, splits)
+    if Budget(**config.budget.model_dump()).needs_latency:  # the table is cached on disk: no re-measuring
+        from autoprune.latency import LatencyTable
+
+        space.attach_latency(LatencyTable.build(model, space, runtime=config.latency.runtime,
+                                                batch=config.latency.batch))
+    return RunContents(run_dir, config, splits, model, space, spec, summary)
 
 
 def _logging_to(run_dir: Path) -> logging.Handler:

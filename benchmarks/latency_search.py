@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--bn-batches", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="measurement rounds of 30 interleaved repeats")
     parser.add_argument("--run-dir", default="runs/latency_search")
+    parser.add_argument("--measure-only", action="store_true", help="re-measure the finished run in --run-dir")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     command = "python benchmarks/latency_search.py " + " ".join(sys.argv[1:])
@@ -43,14 +44,17 @@ def main() -> None:
                                        "evaluation.val_size": str(args.val_size),
                                        "evaluation.bn_batches": str(args.bn_batches)})
     run_dir = Path(args.run_dir)
-    if run_dir.exists():  # a fresh search, but keep a dense model trained by an earlier attempt
-        for item in run_dir.iterdir():
-            if item.name != "dense.pt":
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
-        (run_dir / "config.yaml").unlink(missing_ok=True)
-    start = time.perf_counter()
-    outcome = run.start(config, args.run_dir, show_progress=False)
-    wall = time.perf_counter() - start
+    if args.measure_only:  # the finished run already in --run-dir: measure it again
+        outcome = run.resume(run_dir, show_progress=False)
+        wall = outcome.summary["search_seconds"]
+    else:
+        if run_dir.exists():  # a fresh search, but keep a dense model trained by an earlier attempt
+            for item in run_dir.iterdir():
+                if item.name != "dense.pt":
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        start = time.perf_counter()
+        outcome = run.start(config, run_dir, show_progress=False)
+        wall = time.perf_counter() - start
     contents = run.open_run(args.run_dir)
     x = contents.splits.example_inputs(1)
     runtime, target = config.latency.runtime, config.budget.latency
