@@ -106,6 +106,11 @@ def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
           f"params {p['params'] / d['params']:.1%} of dense; test accuracy {p['test_accuracy']:.2%} "
           f"(dense {d['test_accuracy']:.2%}); budget {'met' if s['meets_budget'] else 'NOT met'}; "
           f"results in {outcome.run_dir}")
+    m = s.get("measured_latency")
+    if m:
+        print(f"measured latency ({m['runtime']}): {m['pruned_ms']:.3f} ms = {m['ratio']:.1%} of dense "
+              f"({m['dense_ms']:.3f} ms); {'within' if m['within_budget'] else 'NOT within'} the latency budget "
+              f"after measuring {len(m['checked'])} candidate(s)")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

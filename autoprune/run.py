@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import time
@@ -23,7 +24,7 @@ from torch import nn
 from autoprune.budget import Budget, check_feasible
 from autoprune.config import Config, ConfigError, import_object, load_config
 from autoprune.data import Splits, load_dataset
-from autoprune.evaluation import Evaluator, recalibrate_batchnorm
+from autoprune.evaluation import Evaluator, Result, recalibrate_batchnorm
 from autoprune.search import Searcher, create_searcher
 from autoprune.search_spaces import SearchSpace
 
@@ -157,6 +158,9 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
     if best is None:
         raise RuntimeError("no evaluation completed within budget; see the failures in the ledger")
     evaluator = searcher.evaluator
+    measured = None
+    if evaluator.budget.needs_latency:  # the table predicts; the shipped model must meet it when measured
+        best, measured = _measured_within_latency(searcher, config, splits)
     pruned = evaluator.pruner.prune(best.policy)
     recalibrate_batchnorm(pruned, evaluator.bn_inputs, evaluator.batch_size)
     counted = count_costs(pruned, splits.example_inputs())
@@ -170,8 +174,9 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
                "pruned": {"flops": counted.macs, "params": counted.params, "val_accuracy": best.accuracy,
                           "test_accuracy": accuracy(pruned, splits.test), "latency": best.latency},
                # counted FLOPs/params of the physically pruned model; latency as the table predicts it
-               "meets_budget": evaluator.budget.holds(replace(counted, latency=best.latency), dense),
-               "best": best.to_dict(), "done": True}
+               "meets_budget": evaluator.budget.holds(replace(counted, latency=best.latency), dense)
+               and (measured is None or measured["within_budget"]),
+               "measured_latency": measured, "best": best.to_dict(), "done": True}
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return RunOutcome(run_dir, summary)
 
@@ -229,6 +234,39 @@ def open_run(run_dir: str | Path) -> RunContents:
         space.attach_latency(LatencyTable.build(model, space, runtime=config.latency.runtime,
                                                 batch=config.latency.batch))
     return RunContents(run_dir, config, splits, model, space, spec, summary)
+
+
+def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
+                             max_checks: int = 10) -> tuple[Result, dict[str, Any]]:
+    """The best-rewarded evaluation whose *measured* latency meets the budget.
+
+    The latency table's predictions are off by a few percent (benchmarks/results/latency.md), so
+    the candidates are measured against the dense model (interleaved, on this machine) in order
+    of reward; the first that meets the limit is the one returned. ``within_budget`` is False
+    when none of the ``max_checks`` best does, and the best is returned as searched.
+    """
+    from autoprune.latency import make_runner, measure
+
+    evaluator, budget = searcher.evaluator, searcher.budget
+    x = splits.example_inputs(config.latency.batch)
+    runtime = config.latency.runtime
+    dense_runner = make_runner(evaluator.model, x, runtime)
+    candidates = sorted((r for r in searcher.ledger.results if r.ok), key=lambda r: -(r.reward or -math.inf))
+    checks = []
+    for result in candidates[:max_checks]:
+        t = measure({"dense": dense_runner, "pruned": make_runner(evaluator.pruner.prune(result.policy), x, runtime)},
+                    repeats=30)
+        ratio = t["pruned"] / t["dense"]
+        ok = (budget.latency is None or ratio <= budget.latency) and (
+            budget.latency_ms is None or t["pruned"] * 1e3 <= budget.latency_ms)
+        checks.append({"dense_ms": t["dense"] * 1e3, "pruned_ms": t["pruned"] * 1e3, "ratio": ratio,
+                       "predicted_ratio": (result.latency or math.nan) / (evaluator.space.dense_costs.latency or 1),
+                       "reward": result.reward})
+        log.info("measured latency of candidate %d: %.1f%% of dense (%s)", len(checks), 100 * ratio,
+                 "within budget" if ok else "over budget")
+        if ok:
+            return result, {**checks[-1], "within_budget": True, "runtime": runtime, "checked": checks}
+    return candidates[0], {**checks[0], "within_budget": False, "runtime": runtime, "checked": checks}
 
 
 def _logging_to(run_dir: Path) -> logging.Handler:
