@@ -156,3 +156,14 @@ def test_parallel_workers_on_ray_record_the_same_search(tmp_path):
     one, two = read_ledger(tmp_path / "w1"), read_ledger(tmp_path / "w2")
     assert len(one) == len(two) == 4
     assert [(r.policy, r.accuracy) for r in one] == [(r.policy, r.accuracy) for r in two]
+
+
+def test_a_latency_budget_is_checked_by_measuring_the_shipped_model(tmp_path):
+    config = _write(tmp_path, {**SMOKE, "budget": {"latency": 0.9}, "latency": {"runtime": "torch"},
+                               "search": {"backend": "random", "evaluations": 4}})
+    assert cli.main(["search", config, "--run-dir", str(tmp_path / "run"), "--quiet", "--no-report"]) == 0
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    measured = summary["measured_latency"]
+    assert 1 <= len(measured["checked"]) <= 4 and measured["runtime"] == "torch"
+    assert measured["within_budget"] and measured["ratio"] <= 0.9 and summary["meets_budget"]
+    assert summary["best"]["reward"] == measured["reward"]  # the shipped policy is the one measured
