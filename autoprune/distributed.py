@@ -12,6 +12,7 @@ existing cluster.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ import torch
 from autoprune.evaluation import Evaluator, Result
 
 __all__ = ["RayEvaluator"]
+
+log = logging.getLogger(__name__)
 
 
 class _EvaluatorActor:
@@ -31,6 +34,11 @@ class _EvaluatorActor:
 
     def evaluate(self, policy: Mapping[str, float]) -> Result:
         return self.evaluator(policy)
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
 
 class RayEvaluator:
@@ -60,6 +68,9 @@ class RayEvaluator:
         self._actors = [actor.remote(shared, threads_per_worker) for _ in range(workers)]  # type: ignore[attr-defined]
         self._pool = ActorPool(self._actors)
         self.workers = workers
+        # waits until every actor is up, and says where they run
+        self.nodes = sorted(set(ray.get([a.node.remote() for a in self._actors])))  # type: ignore[attr-defined]
+        log.info("%d Ray workers on %d node(s)", workers, len(self.nodes))
 
     def map(self, policies: Sequence[Mapping[str, float]]) -> list[Result]:
         """Results in the order of ``policies``, computed on the actors in parallel."""
