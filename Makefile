@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-all lint data browser venv clean
+.PHONY: demo test test-all lint data test-tools venv clean
 
 venv: $(STAMP)
 
@@ -23,21 +23,25 @@ data:
 		($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null); \
 	fi
 
-# Headless Chromium renders the HTML report in a test; best effort (the test says why it skips).
-browser:
-	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then \
-		$(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
-		($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1) || \
-		echo "chromium not installed: the report screenshot test will be skipped"; \
-	fi
+# Tests use headless Chromium (renders the HTML report) and a PostgreSQL server (a shared ledger).
+# Best effort: where apt cannot install them, those tests say why they skip.
+test-tools:
+	@for pkg in chromium:chromium postgresql:/usr/lib/postgresql; do \
+		name=$${pkg%%:*}; probe=$${pkg#*:}; \
+		if ! command -v $$probe >/dev/null && [ ! -e $$probe ] && command -v apt-get >/dev/null; then \
+			$(SUDO) apt-get install -y -q $$name >/dev/null 2>&1 || \
+			($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $$name >/dev/null 2>&1) || \
+			echo "$$name not installed: the tests that need it will be skipped"; \
+		fi; \
+	done
 
 demo: $(STAMP) data
 	$(VENV)/bin/autoprune demo
 
-test: $(STAMP) data browser
+test: $(STAMP) data test-tools
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP) data browser
+test-all: $(STAMP) data test-tools
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

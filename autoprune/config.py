@@ -76,6 +76,7 @@ class SearchConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
     workers: int = Field(default=1, ge=1)  # > 1: evaluations in parallel on Ray actors
     address: str | None = None  # join this Ray cluster instead of starting a local one
+    storage: str | None = Field(default=None, pattern=r"^[a-z0-9+]+://")  # ledger URL; default RUN_DIR/ledger.db
 
 
 class EvaluationConfig(_Section):

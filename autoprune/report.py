@@ -21,7 +21,6 @@ import numpy as np
 
 from autoprune.evaluation import Result
 from autoprune.run import RunContents, open_run
-from autoprune.search import read_ledger
 
 __all__ = ["build_report", "measure_run_latency", "pareto_front"]
 
@@ -206,7 +205,7 @@ def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
 
     matplotlib.use("Agg")
     run = open_run(run_dir)
-    results = read_ledger(run.run_dir)
+    results = run.evaluations()
     s = run.summary
     best = Result.from_dict(s["best"]) if s.get("best") else None
     policy = json.loads((run.run_dir / "best_policy.json").read_text())

@@ -25,7 +25,7 @@ from autoprune.budget import Budget, check_feasible
 from autoprune.config import Config, ConfigError, import_object, load_config
 from autoprune.data import Splits, load_dataset
 from autoprune.evaluation import Evaluator, Result, recalibrate_batchnorm
-from autoprune.search import Searcher, create_searcher
+from autoprune.search import LedgerSpec, Searcher, create_searcher
 from autoprune.search_spaces import SearchSpace
 
 __all__ = ["RunContents", "RunOutcome", "open_run", "resume", "start"]
@@ -117,9 +117,16 @@ def _build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher
             options.setdefault("batch_size", config.search.workers)  # keep every worker busy
         elif config.search.backend == "ddpg":
             log.warning("ddpg runs its episodes one after the other; search.workers has no effect")
-    searcher = create_searcher(config.search.backend, evaluator=evaluator, seed=config.seed, ledger=run_dir,
-                               **options)
+    searcher = create_searcher(config.search.backend, evaluator=evaluator, seed=config.seed,
+                               ledger=_ledger_location(config, run_dir), **options)
     return searcher, splits, spec
+
+
+def _ledger_location(config: Config, run_dir: Path) -> Path | LedgerSpec:
+    """The run directory's SQLite file, or this run's own study in a shared database."""
+    if config.search.storage:
+        return LedgerSpec(config.search.storage, study_name=f"autoprune/{run_dir.name}")
+    return run_dir
 
 
 def _save_checkpoint(searcher: Searcher, run_dir: Path) -> None:
@@ -207,6 +214,12 @@ class RunContents:
             if (self.run_dir / name).exists():
                 return load_pruned(self.run_dir / name)[0], name
         raise FileNotFoundError(f"{self.run_dir} has no pruned model; finish the search with 'autoprune resume'")
+
+    def evaluations(self) -> list[Result]:
+        """Every distinct evaluation in the run's ledger, in the order recorded."""
+        from autoprune.search import read_ledger
+
+        return read_ledger(_ledger_location(self.config, self.run_dir))
 
     def read(self, name: str) -> dict[str, Any] | None:
         """A JSON file of the run directory, or None when that step has not run."""

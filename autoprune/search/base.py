@@ -20,14 +20,14 @@ import numpy as np
 from autoprune.budget import project
 from autoprune.evaluation import Evaluator, Result
 from autoprune.progress import track_progress
-from autoprune.search.ledger import Ledger
+from autoprune.search.ledger import Ledger, LedgerSpec
 from autoprune.search_spaces import Policy
 
 __all__ = ["Searcher"]
 
 log = logging.getLogger(__name__)
 Callback = Callable[["Searcher", list[Result]], None]
-LedgerLike = Ledger | str | os.PathLike[str] | None
+LedgerLike = Ledger | LedgerSpec | str | os.PathLike[str] | None
 
 
 class Searcher(ABC):
@@ -57,6 +57,8 @@ class Searcher(ABC):
         directions = list(self.directions)
         if ledger is None:
             return Ledger(self.space, directions=directions)
+        if isinstance(ledger, LedgerSpec):
+            return Ledger(self.space, storage=ledger.storage, study_name=ledger.study_name, directions=directions)
         if isinstance(ledger, (str, os.PathLike)):
             if "://" in str(ledger):
                 return Ledger(self.space, storage=str(ledger), directions=directions)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,15 @@ from optuna.trial import TrialState
 from autoprune.evaluation import Result
 from autoprune.search_spaces import Policy, SearchSpace
 
-__all__ = ["Ledger", "read_ledger"]
+__all__ = ["Ledger", "LedgerSpec", "read_ledger"]
+
+
+@dataclass(frozen=True)
+class LedgerSpec:
+    """Where a searcher should open its ledger: a shared storage URL and this run's study in it."""
+
+    storage: str
+    study_name: str = "autoprune"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -132,12 +141,16 @@ def _recorded(study: optuna.Study) -> list[Result]:
             if "result" in t.user_attrs and not t.user_attrs.get("cached")]
 
 
-def read_ledger(run_dir: str | os.PathLike[str], *, study_name: str = "autoprune") -> list[Result]:
-    """Every distinct evaluation in ``run_dir/ledger.db``, in the order recorded (read-only use)."""
-    path = Path(run_dir).resolve() / "ledger.db"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory")
-    return _recorded(optuna.load_study(study_name=study_name, storage=f"sqlite:///{path}"))
+def read_ledger(where: str | os.PathLike[str] | LedgerSpec, *, study_name: str = "autoprune") -> list[Result]:
+    """Every distinct evaluation recorded in a run directory's ``ledger.db`` or a :class:`LedgerSpec`."""
+    if isinstance(where, LedgerSpec):
+        url, study_name = where.storage, where.study_name
+    else:
+        path = Path(where).resolve() / "ledger.db"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: {where} is not a run directory")
+        url = f"sqlite:///{path}"
+    return _recorded(optuna.load_study(study_name=study_name, storage=url))
 
 
 def _open_storage(url: str | None) -> optuna.storages.BaseStorage | None:

@@ -1,0 +1,99 @@
+"""The ledger on a real PostgreSQL server (Debian's postgresql, started on loopback by the test)."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoprune.search import LedgerSpec, read_ledger
+
+EVALUATIONS = 10
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(found[-1]).parent if found else None
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root: run it as the package's own user
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql where apt works)")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg2 is not installed (pip install -e '.[dev]')")
+    data = Path(tempfile.mkdtemp(prefix="pg"))
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "autoprune",
+                                 "--auth=trust"]), check=True, capture_output=True, timeout=120)
+    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w",
+                                 "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={data}",
+                                 "start"]), check=True, capture_output=True, timeout=120)
+    try:
+        yield f"postgresql+psycopg2://autoprune@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"]),
+                       capture_output=True, timeout=120)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _count(url: str, study: str) -> int:
+    import psycopg2
+
+    try:
+        with psycopg2.connect(url.replace("postgresql+psycopg2", "postgresql")) as db, db.cursor() as cur:
+            cur.execute("select count(*) from trials t join studies s on s.study_id = t.study_id "
+                        "where s.study_name = %s and t.state = 'COMPLETE'", (study,))
+            return cur.fetchone()[0]
+    except psycopg2.Error:  # tables not created yet
+        return 0
+
+
+def test_search_with_a_postgresql_ledger_is_killed_and_resumed(postgres_url, tmp_path):
+    config = {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
+              "budget": {"flops": 0.5}, "search": {"backend": "tpe", "evaluations": EVALUATIONS,
+                                                   "storage": postgres_url, "options": {"n_startup_trials": 4}},
+              "evaluation": {"val_size": 200, "bn_batches": 1}}
+    path, run_dir = tmp_path / "c.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(config))
+    cli = [sys.executable, "-m", "autoprune.cli"]
+    child = subprocess.Popen([*cli, "search", str(path), "--run-dir", str(run_dir), "--quiet", "--no-report"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    study = "autoprune/run"
+    deadline = time.monotonic() + 300
+    while _count(postgres_url, study) < 4:
+        assert child.poll() is None, child.stderr.read().decode()[-1500:]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    spec = LedgerSpec(postgres_url, study)
+    before = read_ledger(spec)
+    assert not (run_dir / "ledger.db").exists()  # the ledger lives in PostgreSQL, not in the run directory
+    done = subprocess.run([*cli, "resume", str(run_dir), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-1500:]
+    after = read_ledger(spec)
+    assert len(after) == EVALUATIONS and [r.policy for r in after[:len(before)]] == [r.policy for r in before]
+    assert json.loads((run_dir / "result.json").read_text())["meets_budget"]
+    assert (run_dir / "report.html").exists()  # the report reads the same PostgreSQL ledger
