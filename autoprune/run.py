@@ -129,7 +129,8 @@ def _ledger_location(config: Config, run_dir: Path) -> Path | LedgerSpec:
     return run_dir
 
 
-def _save_checkpoint(searcher: Searcher, run_dir: Path) -> None:
+def save_checkpoint(searcher: Searcher, run_dir: Path) -> None:
+    """Write the searcher's state into ``run_dir`` atomically."""
     tmp = run_dir / (CHECKPOINT + ".tmp")
     with tmp.open("wb") as f:
         pickle.dump(searcher.state_dict(), f)
@@ -138,11 +139,8 @@ def _save_checkpoint(searcher: Searcher, run_dir: Path) -> None:
     os.replace(tmp, run_dir / CHECKPOINT)  # atomic: a kill mid-write leaves the previous checkpoint
 
 
-def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
-    from autoprune.costs import count_costs
-    from autoprune.pruning import save_pruned
-    from autoprune.training import accuracy
-
+def prepare(config: Config, run_dir: Path, *, show_progress: bool = False) -> tuple[Searcher, Splits, dict[str, Any]]:
+    """The run's searcher, restored from ``run_dir``'s checkpoint when there is one."""
     searcher, splits, spec = _build(config, run_dir, show_progress)
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists():
@@ -154,14 +152,30 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
                               "alone (recorded evaluations are kept and not re-run; the searcher restarts)") from e
         searcher.load_state_dict(state)
         log.info("resumed %s with %d evaluations in the ledger", config.search.backend, len(searcher.ledger))
+    return searcher, splits, spec
+
+
+def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
+    searcher, splits, spec = prepare(config, run_dir, show_progress=show_progress)
     start = time.perf_counter()
     try:
-        best = searcher.run(config.search.evaluations, show_progress=show_progress,
-                            callback=lambda s, _results: _save_checkpoint(s, run_dir))
+        searcher.run(config.search.evaluations, show_progress=show_progress,
+                     callback=lambda s, _results: save_checkpoint(s, run_dir))
     finally:
         if hasattr(searcher.evaluator, "shutdown"):  # Ray workers
             searcher.evaluator.shutdown()
-    _save_checkpoint(searcher, run_dir)
+    save_checkpoint(searcher, run_dir)
+    return RunOutcome(run_dir, finish(searcher, config, splits, spec, run_dir, time.perf_counter() - start))
+
+
+def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, Any], run_dir: Path,
+           seconds: float) -> dict[str, Any]:
+    """Prune the best policy, check the budget on the counted model, save it and ``result.json``."""
+    from autoprune.costs import count_costs
+    from autoprune.pruning import save_pruned
+    from autoprune.training import accuracy
+
+    best = searcher.best
     if best is None:
         raise RuntimeError("no evaluation completed within budget; see the failures in the ledger")
     evaluator = searcher.evaluator
@@ -175,7 +189,7 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
     (run_dir / "best_policy.json").write_text(best.policy.to_json(indent=2))
     save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(best.policy), spec)
     summary = {"backend": config.search.backend, "evaluations": len(searcher.ledger),
-               "search_seconds": time.perf_counter() - start, "budget": str(evaluator.budget),
+               "search_seconds": seconds, "budget": str(evaluator.budget),
                "dense": {"flops": dense.macs, "params": dense.params, "val_accuracy": evaluator.dense_accuracy(),
                          "test_accuracy": accuracy(evaluator.model, splits.test)},
                "pruned": {"flops": counted.macs, "params": counted.params, "val_accuracy": best.accuracy,
@@ -185,7 +199,7 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
                and (measured is None or measured["within_budget"]),
                "measured_latency": measured, "best": best.to_dict(), "done": True}
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
-    return RunOutcome(run_dir, summary)
+    return summary
 
 
 @dataclass
