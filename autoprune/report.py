@@ -199,6 +199,15 @@ def _summary_rows(run: RunContents, latency: dict[str, Any], finetune: dict[str,
     return rows
 
 
+def _slower_warning(latency: dict[str, Any]) -> str:
+    slower = [rt for rt in ("torch", "onnxruntime") if latency[rt]["pruned"] > latency[rt]["dense"]]
+    if not slower:
+        return ""
+    return (f'<p class="bad">The pruned model runs slower than the dense one on {" and ".join(slower)}: fewer FLOPs '
+            "do not make it faster when channel counts are not multiples of 8 (vectorised kernels pad or fall "
+            "back). Search with <code>pruner.round_to: 8</code> or a latency budget.</p>")
+
+
 def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
     """Write ``report.html`` and its PNG figures into ``run_dir``; returns the HTML's path."""
     import matplotlib
@@ -246,6 +255,7 @@ def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
 <p>Budget <b>{html.escape(s['budget'])}</b>: {verdict} by the physically pruned model's counted costs.</p>
 <h2>Dense vs pruned</h2>
 {_table(["", "dense", "pruned", "pruned / dense"], _summary_rows(run, latency, finetune))}
+{_slower_warning(latency)}
 <p class="note">Latency measured on this machine when the report was first built, dense and pruned interleaved;
 accuracies on the validation split (carved from TRAIN, used by the search) and the TEST split (never seen by
 the search).</p>

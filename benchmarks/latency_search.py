@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--measure-only", action="store_true", help="re-measure the finished run in --run-dir")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    command = "python benchmarks/latency_search.py " + " ".join(sys.argv[1:])
+    command = ("python benchmarks/latency_search.py " + " ".join(sys.argv[1:])).strip()
     config = load_config(args.config, {"search.evaluations": str(args.evaluations),
                                        "model.train_epochs": str(args.train_epochs),
                                        "evaluation.val_size": str(args.val_size),
@@ -72,6 +72,7 @@ def main() -> None:
         "flops_ratio": s["pruned"]["flops"] / s["dense"]["flops"],
         "params_ratio": s["pruned"]["params"] / s["dense"]["params"],
         "dense_test_accuracy": s["dense"]["test_accuracy"], "pruned_test_accuracy": s["pruned"]["test_accuracy"],
+        "candidates_measured_by_the_search": s["measured_latency"]["checked"],
     }
     result["meets_target"] = result["measured_ratio_median"] <= target
     out = Path(args.out)
