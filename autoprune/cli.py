@@ -156,6 +156,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    """Backends x seeds x budgets as one Ray Tune experiment (or --resume one)."""
+    if args.resume:
+        from autoprune.tune import resume_experiment
+
+        grid = resume_experiment(args.resume)
+    else:
+        if not args.config or not args.name:
+            raise UsageError("experiment needs CONFIG and --name (or --resume EXPERIMENT_DIR)")
+        from autoprune.config import load_config
+
+        base = load_config(args.config, _pairs(args.set, "--set"))
+        budgets = []
+        for item in args.budget or []:
+            budget = {k: float(v) for k, v in _pairs(item.split(","), "--budget").items()}
+            unknown = set(budget) - {"flops", "params", "latency", "latency_ms"}
+            if unknown:
+                raise UsageError(f"--budget {sorted(unknown)[0]}: use flops, params, latency or latency_ms")
+            budgets.append(budget)
+        from autoprune.tune import experiment_grid, run_experiment
+
+        configs = experiment_grid(base, backends=args.backends or (), seeds=args.seeds or (), budgets=budgets)
+        grid = run_experiment(configs, name=args.name, storage=args.storage)
+    results = [grid[i] for i in range(len(grid))]
+    for r in results:
+        m = r.metrics or {}
+        state = f"error: {r.error}" if r.error else (
+            f"{m.get('evaluations')} evaluations, test {m.get('test_accuracy', float('nan')):.2%}")
+        print(f"{m.get('run_dir', r.path)}: {state}")
+    return 1 if any(r.error for r in results) else 0
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from autoprune import run
 
@@ -231,6 +263,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--no-report", action="store_true", help="skip report.html")
     r.set_defaults(func=_cmd_resume)
+
+    x = sub.add_parser("experiment", help="many searches at once (backends x seeds x budgets) as a Ray Tune experiment",
+                       epilog="examples:\n  autoprune experiment configs/resnet20_fashion_mnist.yaml --name compare "
+                              "--backends tpe evolution --seeds 0 1 2 --budget flops=0.5 --budget flops=0.3\n"
+                              "  autoprune experiment --resume runs/experiments/compare",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("config", nargs="?", help="YAML experiment file: the base every search starts from")
+    x.add_argument("--name", help="experiment name (its folder under --storage)")
+    x.add_argument("--backends", nargs="+", help="one search per backend (default: the config's)")
+    x.add_argument("--seeds", nargs="+", type=int, help="one search per seed (default: the config's)")
+    x.add_argument("--budget", action="append", metavar="KEY=VALUE[,KEY=VALUE]", help="one search per --budget")
+    x.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the base config")
+    x.add_argument("--storage", default="runs/experiments", help="where experiments are written")
+    x.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue an interrupted experiment")
+    x.set_defaults(func=_cmd_experiment)
 
     rep = sub.add_parser("report", help="write RUN_DIR/report.html (+ PNGs): costs, latency, accuracy, plots",
                          epilog="example:\n  autoprune report runs/tpe-20261123-101500",

@@ -85,6 +85,25 @@ BAD_CONFIGS = {
 }
 
 
+BAD_EXPERIMENTS = {
+    "no config": (["experiment", "--name", "x"], "experiment needs CONFIG and --name"),
+    "no name": (["experiment", "configs/digits_smoke.yaml"], "experiment needs CONFIG and --name"),
+    "bad budget key": (["experiment", "configs/digits_smoke.yaml", "--name", "x", "--budget", "flop=0.5"],
+                       "--budget flop: use flops"),
+    "budget not a pair": (["experiment", "configs/digits_smoke.yaml", "--name", "x", "--budget", "0.5"],
+                          "expected KEY=VALUE"),
+    "resume nothing": (["experiment", "--resume", "/nonexistent/exp"], "nonexistent"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_EXPERIMENTS)
+def test_bad_experiment_command_lines_exit_2_with_one_line(case, capsys):
+    argv, message = BAD_EXPERIMENTS[case]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
 @pytest.mark.parametrize("case", BAD_CONFIGS)
 def test_bad_configs_exit_2_with_one_line(case, tmp_path, capsys):
     data, message = BAD_CONFIGS[case]
