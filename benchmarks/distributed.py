@@ -33,7 +33,7 @@ from autoprune.data import load_dataset
 from autoprune.distributed import RayEvaluator
 from autoprune.evaluation import Evaluator
 from autoprune.models import load_checkpoint, reference_checkpoint
-from autoprune.search import create_searcher, read_ledger
+from autoprune.search import count_recorded, create_searcher, read_ledger
 from autoprune.search_spaces import SearchSpace
 
 
@@ -65,7 +65,7 @@ def _resume_time(k: int, total: int, val_size: int) -> dict:
         cmd = [sys.executable, "-m", "autoprune.cli"]
         child = subprocess.Popen([*cmd, "search", str(path), "--run-dir", str(run_dir), "--quiet", "--no-report"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while not (run_dir / "ledger.db").exists() or _count(run_dir) < k:
+        while count_recorded(run_dir) < k:
             time.sleep(0.2)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
@@ -79,16 +79,6 @@ def _resume_time(k: int, total: int, val_size: int) -> dict:
         return {"killed_after": before, "total": len(results), "resume_wall_s": wall,
                 "evaluations_after_resume_s": ran, "time_to_resume_s": wall - ran,
                 "distinct": len({tuple(sorted(r.policy.items())) for r in results}) == len(results)}
-
-
-def _count(run_dir: Path) -> int:
-    import sqlite3
-
-    try:
-        with sqlite3.connect(f"file:{run_dir / 'ledger.db'}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def main() -> None:

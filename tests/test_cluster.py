@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoprune.search import read_ledger
+from autoprune.search import count_recorded, read_ledger
 
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent))
 EVALUATIONS = 8
@@ -47,16 +47,6 @@ def cluster():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _count(run_dir: Path) -> int:
-    import sqlite3
-
-    try:
-        with sqlite3.connect(f"file:{run_dir / 'ledger.db'}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_search_on_two_nodes_survives_a_killed_driver(cluster, tmp_path):
     address, env = cluster
     config = {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
@@ -69,7 +59,7 @@ def test_search_on_two_nodes_survives_a_killed_driver(cluster, tmp_path):
     driver = subprocess.Popen([*cli, "search", str(path), "--run-dir", str(run_dir), "--quiet", "--no-report"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
-    while _count(run_dir) < 3:
+    while count_recorded(run_dir) < 3:
         assert driver.poll() is None, driver.stderr.read().decode()[-1500:]
         assert time.monotonic() < deadline, "the search on the cluster never got going"
         time.sleep(0.1)

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from autoprune import cli
-from autoprune.search import read_ledger
+from autoprune.search import count_recorded, read_ledger
 
 EVALUATIONS = 12
 OPTIONS = {"ddpg": {"warmup": 4}, "tpe": {"n_startup_trials": 4}, "nsga2": {},
@@ -38,29 +37,12 @@ def _config(tmp_path: Path, backend: str, checkpoint: Path) -> str:
     return str(path)
 
 
-def _count(run_dir: Path) -> int:
-    """Distinct evaluations in the ledger, read with plain read-only SQLite so that polling never
-    races the child's creation of the database."""
-    path = run_dir / "ledger.db"
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute(
-                "select count(*) from trials t where t.state = 'COMPLETE' and exists (select 1 from "
-                "trial_user_attributes a where a.trial_id = t.trial_id and a.key = 'result') and not exists "
-                "(select 1 from trial_user_attributes a where a.trial_id = t.trial_id and a.key = 'cached' "
-                "and a.value_json = 'true')").fetchone()[0]
-    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
-        return 0
-
-
 def _kill_after(run_dir: Path, config: str, k: int) -> list:
     """Start a search in a child process and SIGKILL it once ``k`` evaluations are in the ledger."""
     child = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", config, "--run-dir", str(run_dir),
                               "--quiet", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while _count(run_dir) < k:
+    while count_recorded(run_dir) < k:
         assert child.poll() is None, child.stderr.read().decode()[-1000:]
         assert time.monotonic() < deadline, "the search never reached k evaluations"
         time.sleep(0.05)

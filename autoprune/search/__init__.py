@@ -11,9 +11,9 @@ import importlib
 from typing import Any
 
 from autoprune.search.base import Searcher
-from autoprune.search.ledger import Ledger, LedgerSpec, read_ledger
+from autoprune.search.ledger import Ledger, LedgerSpec, count_recorded, read_ledger
 
-__all__ = ["SEARCHERS", "Ledger", "LedgerSpec", "Searcher", "create_searcher", "read_ledger"]
+__all__ = ["SEARCHERS", "Ledger", "LedgerSpec", "Searcher", "count_recorded", "create_searcher", "read_ledger"]
 
 # name -> (module, class, fixed options)
 SEARCHERS: dict[str, tuple[str, str, dict[str, Any]]] = {

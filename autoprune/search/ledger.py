@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from autoprune.evaluation import Result
 from autoprune.search_spaces import Policy, SearchSpace
 
-__all__ = ["Ledger", "LedgerSpec", "read_ledger"]
+__all__ = ["Ledger", "LedgerSpec", "count_recorded", "read_ledger"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,28 @@ def read_ledger(where: str | os.PathLike[str] | LedgerSpec, *, study_name: str =
             raise FileNotFoundError(f"{path} does not exist: {where} is not a run directory")
         url = f"sqlite:///{path}"
     return _recorded(optuna.load_study(study_name=study_name, storage=url))
+
+
+def count_recorded(run_dir: str | os.PathLike[str]) -> int:
+    """Distinct evaluations in ``run_dir/ledger.db`` so far, safe to poll while a search writes it.
+
+    Read-only SQLite, no Optuna: opening the study through Optuna would create the schema and race
+    a search that is creating it. 0 while the file or its tables do not exist yet.
+    """
+    path = Path(run_dir).resolve() / "ledger.db"
+    if not path.exists():
+        return 0
+    import sqlite3
+
+    query = ("select count(*) from trials t where t.state = 'COMPLETE' and exists (select 1 from "
+             "trial_user_attributes a where a.trial_id = t.trial_id and a.key = 'result') and not exists "
+             "(select 1 from trial_user_attributes a where a.trial_id = t.trial_id and a.key = 'cached' "
+             "and a.value_json = 'true')")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            return int(db.execute(query).fetchone()[0])
+    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+        return 0
 
 
 def _open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
