@@ -95,6 +95,8 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
              "Reference model: 92.53% test. Search on adaptive-BN validation accuracy (validation images carved "
              "from TRAIN); best policy physically pruned, FLOPs counted, test accuracy on the 10k TEST split "
              "without and with fine-tuning. Overhead = fraction of wall time outside forward passes.", "",
+             "Issue #4's reference points at 50% FLOPs (a plain Torch-Pruning + Optuna TPE script, 2,000 validation "
+             "images): uniform 76.5% test; TPE 88.3% test after 80 trials, 88.8% after 400 (validation 90.0%).", "",
              "Ran on: " + "; ".join(sorted({f"{r.get('device', 'CPU')}, torch {r.get('torch', '?')}" for r in rows})),
              "",
              "| budget | backend | seeds | evals | test (no FT) | test after FT | val - test | evals/s | overhead "
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where pruned copies are scored: cpu or cuda")
     parser.add_argument("--jobs", type=int, default=1, help="searches run at once, one process each")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--markdown-only", action="store_true", help="rebuild the .md from the .jsonl and stop")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,10 @@ def main() -> None:
     if ledger.exists():
         done = {(r["budget"], r["backend"], r["seed"]) for r in map(json.loads, ledger.read_text().splitlines())}
     command = ("python benchmarks/search_quality.py " + " ".join(sys.argv[1:])).strip()
+    if args.markdown_only:
+        rows = [json.loads(line) for line in ledger.read_text().splitlines()]
+        write_markdown(rows, out / "search_quality.md", rows[-1]["command"])
+        return
     todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
             if (flops, backend, seed) not in done]
     todo.sort(key=lambda job: job[0] == "uniform")  # the one-evaluation baseline last: long searches start first
