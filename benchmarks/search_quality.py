@@ -138,7 +138,7 @@ def main() -> None:
     command = ("python benchmarks/search_quality.py " + " ".join(sys.argv[1:])).strip()
     if args.markdown_only:
         rows = [json.loads(line) for line in ledger.read_text().splitlines()]
-        write_markdown(rows, out / "search_quality.md", rows[-1]["command"])
+        write_markdown(rows, out / "search_quality.md", " ; ".join(dict.fromkeys(r["command"] for r in rows)))
         return
     todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
             if (flops, backend, seed) not in done]
