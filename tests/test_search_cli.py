@@ -146,7 +146,7 @@ SHIPPED = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 def test_every_shipped_config_runs(name, tmp_path):
     config = yaml.safe_load((CONFIGS / name).read_text())
     small = ["--evaluations", "5", "--set", "evaluation.val_size=100", "--set", "evaluation.bn_batches=1",
-             "--set", "latency.runtime=torch", "--set", "threads=2"]
+             "--set", "threads=2"]
     if config["model"].get("train_epochs"):
         small += ["--set", "model.train_epochs=0.005"]
     run_dir = tmp_path / "run"
