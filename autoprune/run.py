@@ -113,10 +113,11 @@ def _build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher
         from autoprune.distributed import RayEvaluator
 
         evaluator = RayEvaluator(evaluator, workers=config.search.workers, address=config.search.address)  # type: ignore[assignment]
+        # keep every worker busy: that many evaluations per step (evolution scores whole generations)
         if config.search.backend in ("tpe", "gp", "cmaes", "qmc", "nsga2", "random"):
-            options.setdefault("batch_size", config.search.workers)  # keep every worker busy
+            options.setdefault("batch_size", config.search.workers)
         elif config.search.backend == "ddpg":
-            log.warning("ddpg runs its episodes one after the other; search.workers has no effect")
+            options.setdefault("parallel_episodes", config.search.workers)
     searcher = create_searcher(config.search.backend, evaluator=evaluator, seed=config.seed,
                                ledger=_ledger_location(config, run_dir), **options)
     return searcher, splits, spec

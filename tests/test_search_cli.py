@@ -164,14 +164,17 @@ def test_asking_for_a_gpu_without_one_is_a_usage_error(tmp_path, capsys):
     assert "evaluation.device: cuda" in err and "no CUDA device" in err and "\n" not in err
 
 
-def test_parallel_workers_on_ray_record_the_same_search(tmp_path):
-    """workers=2 scores each batch on two Ray actors; the seeded search records the same ledger."""
+@pytest.mark.parametrize(("backend", "options"), [("random", {"batch_size": 2}),
+                                                  ("ddpg", {"parallel_episodes": 2, "warmup": 2})])
+def test_parallel_workers_on_ray_record_the_same_search(backend, options, tmp_path):
+    """workers=2 scores each batch (random policies; DDPG episodes of the current actor) on two Ray
+    actors; the seeded search records the same ledger as in-process."""
     from autoprune.search import read_ledger
 
-    config = _write(tmp_path, {**SMOKE, "search": {"backend": "random", "evaluations": 4}})
+    config = _write(tmp_path, {**SMOKE, "search": {"backend": backend, "evaluations": 4, "options": options}})
     for workers in (1, 2):
         assert cli.main(["search", config, "--run-dir", str(tmp_path / f"w{workers}"), "--workers", str(workers),
-                         "--set", "search.options.batch_size=2", "--quiet", "--no-report"]) == 0
+                         "--quiet", "--no-report"]) == 0
     one, two = read_ledger(tmp_path / "w1"), read_ledger(tmp_path / "w2")
     assert len(one) == len(two) == 4
     assert [(r.policy, r.accuracy) for r in one] == [(r.policy, r.accuracy) for r in two]

@@ -72,7 +72,7 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ratios: dict[str, float] = {}
         self._previous = 0.0
 
-    def _observation(self) -> np.ndarray:
+    def observation(self) -> np.ndarray:
         t = self._t
         dense = self.space.dense_costs.macs
         reduced = 1.0 - self.space.costs(self._ratios).macs / dense if self._ratios else 0.0
@@ -83,9 +83,17 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
               ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._t, self._ratios, self._previous = 0, {}, 0.0
-        return self._observation(), {"group": self.space.groups[0].name}
+        return self.observation(), {"group": self.space.groups[0].name}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        info = self.decide(action)
+        if not self.policy_complete:
+            return self.observation(), 0.0, False, False, info
+        return self.conclude(self._evaluate(self.policy), info)
+
+    # step() in two halves, so that a vector of envs can score its episodes' policies in one batch
+    def decide(self, action: np.ndarray) -> dict[str, Any]:
+        """Set the current group's ratio from ``action`` (raised to the wall); return the step's info."""
         if self._t >= len(self.space.groups):
             raise RuntimeError("episode is over; call reset()")
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
@@ -95,15 +103,20 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ratios[g.name] = ratio
         # AMC feeds back the action actually taken (after the wall), as a fraction of the range.
         self._previous = (ratio - g.low) / (g.high - g.low) if g.high > g.low else 0.0
-        info: dict[str, Any] = {"group": g.name, "ratio": ratio, "wall": wall}
         self._t += 1
-        if self._t < len(self.space.groups):
-            return self._observation(), 0.0, False, False, info
-        result: Result = self._evaluate(Policy(self._ratios))
+        return {"group": g.name, "ratio": ratio, "wall": wall}
+
+    @property
+    def policy_complete(self) -> bool:
+        """True once every group has its ratio: the policy is ready to be scored."""
+        return self._t >= len(self.space.groups)
+
+    def conclude(self, result: Result, info: dict[str, Any]) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """The final step's return, given the score of :attr:`policy`."""
         info["result"] = result
         reward = self.failed_reward if result.failed else float(result.reward)  # type: ignore[arg-type]
         self._t -= 1  # the terminal observation repeats the last group's features
-        obs = self._observation()
+        obs = self.observation()
         self._t += 1
         return obs, reward, True, False, info
 
