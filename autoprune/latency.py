@@ -44,6 +44,7 @@ __all__ = ["RUNTIMES", "LatencyTable", "make_runner", "measure", "measure_latenc
 
 RUNTIMES = ("torch", "onnxruntime")
 CACHE_ENV = "AUTOPRUNE_CACHE"
+TABLE_FORMAT = 2  # part of the cache key: tables measured or fitted differently are rebuilt
 
 
 @contextmanager
@@ -199,7 +200,8 @@ class LatencyTable:
         cm = space.cost_model
         in_shape = tuple(cm.shapes[cm.layer_names[0]][0][1:])  # first layer's input (C, H, W)
         candidates = _candidate_keeps(space, levels)
-        key = _table_key(model, in_shape, runtime, batch, calibration_policies, [c.tolist() for c in candidates])
+        key = _table_key(model, in_shape, runtime, batch, calibration_policies, [c.tolist() for c in candidates],
+                         TABLE_FORMAT)
         cache = Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "autoprune") / "latency"
         path = cache / f"{key}.json"
         if path.exists():
@@ -261,12 +263,17 @@ class LatencyTable:
         measured = measure({str(i): make_runner(prune_shape_only(model, space, p), x, runtime)
                             for i, p in enumerate(policies)}, repeats=repeats)
         dense_act = table._dense_activation(space)
-        rows = [table._features(cm.layer_sizes(space.keep_units(p)), dense_act) for p in policies]
+        rows = np.array([table._features(cm.layer_sizes(space.keep_units(p)), dense_act) for p in policies])
         target = np.array([measured[str(i)] for i in range(len(policies))])
-        # Relative least squares: every model counts the same, however fast it is.
-        weights = 1.0 / target
-        coef = np.linalg.lstsq(np.array(rows) * weights[:, None], target * weights, rcond=None)[0]
-        table.calibration = tuple(float(c) for c in coef)  # type: ignore[assignment]
+        # The fit goes exactly through the dense model (policy 0): fractional budgets divide by its
+        # latency, so an error there would skew every predicted ratio alike. The scale and the
+        # activation term are fitted on the differences to dense, by relative least squares (every
+        # model counts the same, however fast it is).
+        weights = 1.0 / target[1:]
+        delta = (rows[1:, 1:] - rows[0, 1:]) * weights[:, None]
+        c, b = np.linalg.lstsq(delta, (target[1:] - target[0]) * weights, rcond=None)[0]
+        a = target[0] - c * rows[0, 1] - b * rows[0, 2]
+        table.calibration = (float(a), float(c), float(b))
         table.dense_measured = measured["0"]
         table.build_seconds = time.perf_counter() - start
         table.meta.update({"input_shape": list(in_shape), "levels": levels, "machine": _machine(),
