@@ -52,8 +52,24 @@ def _load_data(config: Config) -> Splits:
 
 
 def _space(config: Config, model: nn.Module, splits: Splits) -> SearchSpace:
-    return SearchSpace.from_model(model, splits.example_inputs(), ignored_layers=config.pruner.ignored_layers,
-                                  bounds=config.pruner.bounds, round_to=config.pruner.round_to)
+    """The config's search space, priced in latency when its budget needs it (the table is cached on disk)."""
+    space = SearchSpace.from_model(model, splits.example_inputs(), ignored_layers=config.pruner.ignored_layers,
+                                   bounds=config.pruner.bounds, round_to=config.pruner.round_to)
+    if Budget(**config.budget.model_dump()).needs_latency:
+        from autoprune.latency import LatencyTable
+
+        space.attach_latency(LatencyTable.build(model, space, runtime=config.latency.runtime,
+                                                batch=config.latency.batch))
+    return space
+
+
+def _existing_run(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``run_dir`` resolved and its ``result.json`` (empty until the run finishes); a usage error if no run is there."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "config.yaml").exists():
+        raise ConfigError(f"{run_dir} holds no run (no config.yaml); start one with 'autoprune search CONFIG'")
+    result = run_dir / "result.json"
+    return run_dir, json.loads(result.read_text()) if result.exists() else {}
 
 
 def _load_model(config: Config, splits: Splits, run_dir: Path, show_progress: bool) -> tuple[nn.Module, dict[str, Any]]:
@@ -95,11 +111,6 @@ def _build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher
     model, spec = _load_model(config, splits, run_dir, show_progress)
     space = _space(config, model, splits)
     budget = Budget(**config.budget.model_dump())
-    if budget.needs_latency:
-        from autoprune.latency import LatencyTable
-
-        space.attach_latency(LatencyTable.build(model, space, runtime=config.latency.runtime,
-                                                batch=config.latency.batch))
     check_feasible(space, budget)
     ev = config.evaluation
     if ev.device.startswith("cuda") and not torch.cuda.is_available():
@@ -244,11 +255,7 @@ class RunContents:
 
 def open_run(run_dir: str | Path) -> RunContents:
     """Load a finished run: its config, data, dense model and search space."""
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / "config.yaml").exists():
-        raise ConfigError(f"{run_dir} holds no run (no config.yaml); start one with 'autoprune search CONFIG'")
-    result = run_dir / "result.json"
-    summary = json.loads(result.read_text()) if result.exists() else {}
+    run_dir, summary = _existing_run(run_dir)
     if not summary.get("done"):
         raise ConfigError(f"{run_dir} is not finished; continue it with 'autoprune resume {run_dir}'")
     config = load_config(run_dir / "config.yaml")
@@ -256,11 +263,6 @@ def open_run(run_dir: str | Path) -> RunContents:
     splits = _load_data(config)
     model, spec = _load_model(config, splits, run_dir, show_progress=False)
     space = _space(config, model, splits)
-    if Budget(**config.budget.model_dump()).needs_latency:  # the table is cached on disk: no re-measuring
-        from autoprune.latency import LatencyTable
-
-        space.attach_latency(LatencyTable.build(model, space, runtime=config.latency.runtime,
-                                                batch=config.latency.batch))
     return RunContents(run_dir, config, splits, model, space, spec, summary)
 
 
@@ -321,12 +323,9 @@ def start(config: Config, run_dir: str | Path, *, show_progress: bool = True) ->
 
 def resume(run_dir: str | Path, *, show_progress: bool = True) -> RunOutcome:
     """Continue the run in ``run_dir``; a finished run is reported as such and left alone."""
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / "config.yaml").exists():
-        raise ConfigError(f"{run_dir} holds no run (no config.yaml); start one with 'autoprune search CONFIG'")
-    result = run_dir / "result.json"
-    if result.exists() and json.loads(result.read_text()).get("done"):
-        return RunOutcome(run_dir, json.loads(result.read_text()), already_finished=True)
+    run_dir, summary = _existing_run(run_dir)
+    if summary.get("done"):
+        return RunOutcome(run_dir, summary, already_finished=True)
     config = load_config(run_dir / "config.yaml")
     handler = _logging_to(run_dir)
     try:
