@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import torch
+from reference import reference_setup  # benchmarks/reference.py: run as python benchmarks/<name>.py
 
 from autoprune.budget import Budget
-from autoprune.data import load_dataset
 from autoprune.evaluation import Evaluator, accuracy, recalibrate_batchnorm
-from autoprune.models import load_checkpoint, reference_checkpoint
-from autoprune.search_spaces import Policy, SearchSpace
+from autoprune.search_spaces import Policy
 
 
 def main() -> None:
@@ -37,9 +36,7 @@ def main() -> None:
     out = Path(args.results)
     searched = [json.loads(line) for line in (out / "search_quality.jsonl").read_text().splitlines()]
     searched = [r for r in searched if r["backend"] != "uniform"]
-    model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
-    splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
-    space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8))
+    model, splits, space = reference_setup()
     rows = []
     for bn_batches in args.bn_batches:
         evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val,

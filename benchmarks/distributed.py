@@ -32,14 +32,12 @@ from pathlib import Path
 
 import torch
 import yaml
+from reference import reference_setup  # benchmarks/reference.py: run as python benchmarks/<name>.py
 
 from autoprune.budget import Budget
-from autoprune.data import load_dataset
 from autoprune.distributed import RayEvaluator
 from autoprune.evaluation import Evaluator
-from autoprune.models import load_checkpoint, reference_checkpoint
 from autoprune.search import count_recorded, create_searcher, read_ledger
-from autoprune.search_spaces import SearchSpace
 
 
 def _throughput(evaluator, workers: int | None, n: int, backend: str = "random",  # type: ignore[no-untyped-def]
@@ -98,9 +96,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
-    splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
-    space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8))
+    model, splits, space = reference_setup()
     evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=Budget(flops=0.5),
                           val_size=args.val_size, bn_batches=8, path="exact")
     local = _throughput(evaluator, None, args.evaluations)

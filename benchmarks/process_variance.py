@@ -24,18 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from reference import reference_setup  # benchmarks/reference.py: run as python benchmarks/<name>.py
 
 from autoprune.budget import Budget
-from autoprune.data import load_dataset
 from autoprune.evaluation import Evaluator
-from autoprune.models import load_checkpoint, reference_checkpoint
-from autoprune.search_spaces import SearchSpace
 
 
 def _evaluator() -> Evaluator:
-    model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
-    splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
-    space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8))
+    model, splits, space = reference_setup()
     return Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=Budget(flops=0.5),
                      val_size=2000, bn_batches=8, path="exact")
 

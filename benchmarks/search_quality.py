@@ -28,14 +28,12 @@ import time
 from pathlib import Path
 
 import torch
+from reference import reference_setup  # benchmarks/reference.py: run as python benchmarks/<name>.py
 
 from autoprune.budget import Budget
 from autoprune.costs import count_costs
-from autoprune.data import load_dataset
 from autoprune.evaluation import Evaluator, recalibrate_batchnorm
-from autoprune.models import load_checkpoint, reference_checkpoint
 from autoprune.search import create_searcher
-from autoprune.search_spaces import SearchSpace
 from autoprune.training import TrainConfig, accuracy, train
 
 BACKEND_OPTIONS = {"ddpg": {"warmup": 100}, "tpe": {"n_startup_trials": 10}}
@@ -44,9 +42,7 @@ BACKEND_OPTIONS = {"ddpg": {"warmup": 100}, "tpe": {"n_startup_trials": 10}}
 def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
     """One search and the test-split measurements of its best policy (runs in its own process)."""
     torch.set_num_threads(1)
-    model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
-    splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
-    space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8))
+    model, splits, space = reference_setup()
     budget = Budget(flops=flops)
     evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
                           val_size=args.val_size, bn_batches=args.bn_batches, path="exact", seed=seed,

@@ -1,0 +1,16 @@
+"""The reference ResNet-20 / Fashion-MNIST that the search benchmarks start from: the trained model,
+its own data splits (the validation images it was not trained on) and its search space."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from autoprune.data import Splits, load_dataset
+from autoprune.models import load_checkpoint, reference_checkpoint
+from autoprune.search_spaces import SearchSpace
+
+
+def reference_setup() -> tuple[nn.Module, Splits, SearchSpace]:
+    model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
+    splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
+    return model, splits, SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8))
