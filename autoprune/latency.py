@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -167,6 +167,8 @@ class LatencyTable:
     meta: dict[str, Any] = field(default_factory=dict)
     _compiled: dict[int, _Compiled] = field(default_factory=dict, repr=False, compare=False)
 
+    CALIBRATION_POLICIES: ClassVar[int] = 8  # random whole models the remainder is fitted on
+
     def _activation(self, sizes: Mapping[str, tuple[int, int]]) -> float:
         return float(sum(sizes[n][0] * per for n, per in self.activation.items()))
 
@@ -188,13 +190,14 @@ class LatencyTable:
     # ------------------------------------------------------------------------------------------
     @classmethod
     def build(cls, model: nn.Module, space: SearchSpace, *, runtime: str = "torch", batch: int = 1,
-              levels: int = 8, repeats: int = 9, calibration_policies: int = 8, chunk: int = 32,
+              levels: int = 8, repeats: int = 9, calibration_policies: int | None = None, chunk: int = 32,
               cache_dir: str | os.PathLike[str] | None = None,
               show_progress: bool = True) -> LatencyTable:
         """Measure (or load from the cache) the table of ``model`` for ``runtime`` and ``batch``."""
         from autoprune.progress import track_progress
         from autoprune.pruning import prune_shape_only
 
+        calibration_policies = cls.CALIBRATION_POLICIES if calibration_policies is None else calibration_policies
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         cm = space.cost_model

@@ -33,12 +33,14 @@ from autoprune.search_spaces import SearchSpace
 MODELS = ("resnet20", "resnet56", "mobilenetv2")
 
 
-def run(name: str, runtime: str, batch: int, n_policies: int, round_to: int | None, cache: str) -> dict:
+def run(name: str, runtime: str, batch: int, n_policies: int, round_to: int | None, cache: str,
+        calibration_policies: int) -> dict:
     torch.manual_seed(0)
     model = create_model(name, in_channels=1, image_size=28).eval()
     space = SearchSpace.from_model(model, torch.randn(1, 1, 28, 28), round_to=round_to)
     t = time.perf_counter()
-    table = LatencyTable.build(model, space, runtime=runtime, batch=batch, cache_dir=cache, show_progress=False)
+    table = LatencyTable.build(model, space, runtime=runtime, batch=batch, calibration_policies=calibration_policies,
+                               cache_dir=cache, show_progress=False)
     build_s = time.perf_counter() - t
     rng = np.random.default_rng(1)
     policies = [space.sample(rng) for _ in range(n_policies)]
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--calibration-policies", type=int, default=LatencyTable.CALIBRATION_POLICIES,
+                        help="random whole models measured to fit the table (besides dense and 3 uniform ones)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -72,7 +76,7 @@ def main() -> None:
     for name in args.models:
         for runtime in args.runtimes:
             for batch in args.batches:
-                r = run(name, runtime, batch, args.policies, args.round_to or None, cache)
+                r = run(name, runtime, batch, args.policies, args.round_to or None, cache, args.calibration_policies)
                 results.append(r)
                 print(f"{name} {runtime} b{batch}: ratio err median {r['median_ratio_error']:.1%} max "
                       f"{r['max_ratio_error']:.1%}; abs err median {r['median_abs_error']:.1%} "

@@ -82,12 +82,14 @@ def _device_name(device: str) -> str:
 
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
-        return f"{values[0]:.2%} (1 seed)"
+        return f"{values[0]:.2%}"  # the seeds column says it is one
     return f"{statistics.mean(values):.2%} ± {statistics.stdev(values):.2%}"
 
 
-def write_markdown(rows: list[dict], path: Path, command: str) -> None:
-    lines = ["# Search quality: ResNet-20 on Fashion-MNIST", "", f"Command: `{command}`", "",
+def write_markdown(rows: list[dict], path: Path) -> None:
+    commands = list(dict.fromkeys(r["command"] for r in rows))  # each row was made by one of these
+    lines = ["# Search quality: ResNet-20 on Fashion-MNIST", "", "Commands (each row of search_quality.jsonl names "
+             "its own):", "", *[f"- `{c}`" for c in commands], "",
              "Reference model: 92.53% test. Search on adaptive-BN validation accuracy (validation images carved "
              "from TRAIN); best policy physically pruned, FLOPs counted, test accuracy on the 10k TEST split "
              "without and with fine-tuning. Overhead = fraction of wall time outside forward passes.", "",
@@ -95,14 +97,15 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
              "images): uniform 76.5% test; TPE 88.3% test after 80 trials, 88.8% after 400 (validation 90.0%).", "",
              "Ran on: " + "; ".join(sorted({f"{r.get('device', 'CPU')}, torch {r.get('torch', '?')}" for r in rows})),
              "",
-             "| budget | backend | seeds | evals | test (no FT) | test after FT | val - test | evals/s | overhead "
-             "| budget met |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| budget | backend | seeds | evals | val (search) | test (no FT) | test after FT | val - test | evals/s "
+             "| overhead | budget met |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["budget"], r["backend"]) for r in rows}, key=lambda k: (-k[0], k[1]))
     for budget, backend in keys:
         rs = [r for r in rows if r["budget"] == budget and r["backend"] == backend]
         lines.append(
             f"| {budget:.0%} FLOPs | {backend} | {len(rs)} | {rs[0]['evaluations']} "
-            f"| {_mean_std([r['best_test'] for r in rs])} | {_mean_std([r['best_test_finetuned'] for r in rs])} "
+            f"| {_mean_std([r['best_val'] for r in rs])} | {_mean_std([r['best_test'] for r in rs])} "
+            f"| {_mean_std([r['best_test_finetuned'] for r in rs])} "
             f"| {statistics.mean(r['val_test_gap'] for r in rs):+.2%} "
             f"| {statistics.mean(r['evals_per_s'] for r in rs):.2f} "
             f"| {statistics.mean(r['outside_forward'] for r in rs):.1%} "
@@ -134,7 +137,7 @@ def main() -> None:
     command = ("python benchmarks/search_quality.py " + " ".join(sys.argv[1:])).strip()
     if args.markdown_only:
         rows = [json.loads(line) for line in ledger.read_text().splitlines()]
-        write_markdown(rows, out / "search_quality.md", " ; ".join(dict.fromkeys(r["command"] for r in rows)))
+        write_markdown(rows, out / "search_quality.md")
         return
     todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
             if (flops, backend, seed) not in done]
@@ -151,7 +154,7 @@ def main() -> None:
                   f"(val {row['best_val']:.2%}), after FT {row['best_test_finetuned']:.2%}, "
                   f"{row['evals_per_s']:.2f} evals/s, overhead {row['outside_forward']:.1%}", flush=True)
             rows = [json.loads(line) for line in ledger.read_text().splitlines()]
-            write_markdown(rows, out / "search_quality.md", command)
+            write_markdown(rows, out / "search_quality.md")
 
 
 if __name__ == "__main__":
