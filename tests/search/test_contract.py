@@ -1,5 +1,7 @@
 """One contract, every backend: seeded, within budget, resumable, duplicate-free, failure-tolerant."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -150,3 +152,17 @@ def test_optuna_batches_ask_several_trials_before_telling(evaluator):
     assert len(results) == 4 and len(s.ledger) == len({s.ledger.key(r.policy) for r in results})
     s.run(10, show_progress=False)
     assert len(s.ledger) == 10  # the last batch is cut to what is left
+
+
+def test_optuna_models_the_repaired_policy_and_flags_no_proposal_infeasible(evaluator):
+    # Over-budget proposals are repaired and scored; telling the sampler they were infeasible would
+    # keep the repaired policies on the budget's edge out of its model (TPE found worse policies so).
+    s = create_searcher("tpe", evaluator=evaluator, seed=0, n_startup_trials=4)
+    s.run(8, show_progress=False)
+    trials = s.ledger.study.get_trials()
+    repaired = [t for t in trials if not evaluator.budget.holds(evaluator.space.costs(t.params),
+                                                                evaluator.space.dense_costs)]
+    assert repaired  # the test means something only if some proposals were over budget
+    assert all(not any("constraint" in k for k in t.system_attrs) for t in trials)
+    for t in repaired:
+        assert t.values == [json.loads(t.user_attrs["result"])["reward"]]
