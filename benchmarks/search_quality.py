@@ -80,6 +80,10 @@ def _device_name(device: str) -> str:
     return "CPU, 1 thread per search"
 
 
+def _span(counts: list[int]) -> str:  # a search may stop early when it only re-proposes evaluated policies
+    return str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2%}"  # the seeds column says it is one
@@ -103,7 +107,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     for budget, backend in keys:
         rs = [r for r in rows if r["budget"] == budget and r["backend"] == backend]
         lines.append(
-            f"| {budget:.0%} FLOPs | {backend} | {len(rs)} | {rs[0]['evaluations']} "
+            f"| {budget:.0%} FLOPs | {backend} | {len(rs)} | {_span([r['evaluations'] for r in rs])} "
             f"| {_mean_std([r['best_val'] for r in rs])} | {_mean_std([r['best_test'] for r in rs])} "
             f"| {_mean_std([r['best_test_finetuned'] for r in rs])} "
             f"| {statistics.mean(r['val_test_gap'] for r in rs):+.2%} "
