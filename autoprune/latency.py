@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ __all__ = ["RUNTIMES", "LatencyTable", "make_runner", "measure", "measure_latenc
 RUNTIMES = ("torch", "onnxruntime")
 CACHE_ENV = "AUTOPRUNE_CACHE"
 TABLE_FORMAT = 2  # part of the cache key: tables measured or fitted differently are rebuilt
+# Random whole models the remainder is fitted on: with 8, the fit of ResNet-20 and MobileNetV2 at torch
+# batch 64 swung from run to run (median ratio error 17.5% and 23.0% in one quiet run, 7.6% and 5.6% with 24).
+CALIBRATION_POLICIES = 24
 
 
 @contextmanager
@@ -167,10 +170,6 @@ class LatencyTable:
     meta: dict[str, Any] = field(default_factory=dict)
     _compiled: dict[int, _Compiled] = field(default_factory=dict, repr=False, compare=False)
 
-    # random whole models the remainder is fitted on: with 8, the fit of ResNet-20 and MobileNetV2 at torch
-    # batch 64 swung from run to run (median ratio error 17.5% and 23.0% in one quiet run, 7.6% and 5.6% with 24)
-    CALIBRATION_POLICIES: ClassVar[int] = 24
-
     def _activation(self, sizes: Mapping[str, tuple[int, int]]) -> float:
         return float(sum(sizes[n][0] * per for n, per in self.activation.items()))
 
@@ -192,14 +191,13 @@ class LatencyTable:
     # ------------------------------------------------------------------------------------------
     @classmethod
     def build(cls, model: nn.Module, space: SearchSpace, *, runtime: str = "torch", batch: int = 1,
-              levels: int = 8, repeats: int = 9, calibration_policies: int | None = None, chunk: int = 32,
+              levels: int = 8, repeats: int = 9, calibration_policies: int = CALIBRATION_POLICIES, chunk: int = 32,
               cache_dir: str | os.PathLike[str] | None = None,
               show_progress: bool = True) -> LatencyTable:
         """Measure (or load from the cache) the table of ``model`` for ``runtime`` and ``batch``."""
         from autoprune.progress import track_progress
         from autoprune.pruning import prune_shape_only
 
-        calibration_policies = cls.CALIBRATION_POLICIES if calibration_policies is None else calibration_policies
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         cm = space.cost_model

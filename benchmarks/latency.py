@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoprune.latency import LatencyTable
+from autoprune.latency import CALIBRATION_POLICIES, LatencyTable
 from autoprune.models import create_model
 from autoprune.search_spaces import SearchSpace
 
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--round-to", type=int, default=8)
-    parser.add_argument("--calibration-policies", type=int, default=LatencyTable.CALIBRATION_POLICIES,
+    parser.add_argument("--calibration-policies", type=int, default=CALIBRATION_POLICIES,
                         help="random whole models measured to fit the table (besides dense and 3 uniform ones)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
