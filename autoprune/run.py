@@ -24,7 +24,7 @@ from torch import nn
 from autoprune.budget import Budget, check_feasible
 from autoprune.config import Config, ConfigError, import_object, load_config
 from autoprune.data import Splits, load_dataset
-from autoprune.evaluation import Evaluator, Result, recalibrate_batchnorm
+from autoprune.evaluation import Evaluator, Result
 from autoprune.search import LedgerSpec, Searcher, create_searcher
 from autoprune.search_spaces import SearchSpace
 
@@ -194,8 +194,7 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
     measured = None
     if evaluator.budget.needs_latency:  # the table predicts; the shipped model must meet it when measured
         best, measured = _measured_within_latency(searcher, config, splits)
-    pruned = evaluator.pruner.prune(best.policy)
-    recalibrate_batchnorm(pruned, evaluator.bn_inputs, evaluator.batch_size)
+    pruned = evaluator.release(best.policy)
     counted = count_costs(pruned, splits.example_inputs())
     dense = evaluator.space.dense_costs
     (run_dir / "best_policy.json").write_text(best.policy.to_json(indent=2))

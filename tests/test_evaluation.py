@@ -4,7 +4,7 @@ import torch
 
 from autoprune.budget import Budget, uniform_policy
 from autoprune.costs import count_costs
-from autoprune.evaluation import Evaluator
+from autoprune.evaluation import Evaluator, recalibrate_batchnorm
 from autoprune.search_spaces import PolicyError, SearchSpace
 from autoprune.training import accuracy
 
@@ -69,6 +69,25 @@ def test_finetune_steps_run_on_a_copy(setup):
     r = _evaluator(setup, path="mask", finetune_steps=5)(setup[1].uniform(0.5))
     assert r.path == "exact" and r.seconds["finetune"] > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_release_recalibrates_batchnorm_on_more_images_than_the_search(setup):
+    ev = _evaluator(setup, path="exact", bn_batches=2)
+    policy = setup[1].uniform(0.5)
+    searched = ev.pruner.prune(policy)
+    recalibrate_batchnorm(searched, ev.bn_inputs, ev.batch_size)
+
+    def bn_means(model):
+        return [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # the search's images are the first of the release's: with as many, the same statistics
+    same = ev.release(policy, bn_images=len(ev.bn_inputs))
+    assert all(torch.allclose(a, b) for a, b in zip(bn_means(same), bn_means(searched), strict=True))
+    released = ev.release(policy)
+    assert count_costs(released, setup[2].example_inputs()).macs == ev(policy).flops
+    assert not all(torch.allclose(a, b) for a, b in zip(bn_means(released), bn_means(searched), strict=True))
+    ev.train_data = None  # what a Ray worker's copy holds
+    with pytest.raises(RuntimeError, match="driver"):
+        ev.release(policy)
 
 
 def test_bad_policy_raises_and_bad_options_are_rejected(setup):
