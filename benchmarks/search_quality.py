@@ -106,6 +106,8 @@ def _device_name(device: str) -> str:
 
 
 def _span(counts: list[int]) -> str:  # a search may stop early when it only re-proposes evaluated policies
+    if not counts:
+        return ""
     return str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
 
 
@@ -125,19 +127,22 @@ def write_markdown(rows: list[dict], path: Path) -> None:
              "from TRAIN); best policy physically pruned, FLOPs counted, test accuracy on the 10k TEST split "
              "without and with fine-tuning. *Release BN*: the same pruned model with its BatchNorm statistics "
              "re-estimated on 8,192 TRAIN images (what `autoprune run` ships) instead of the search's 512. "
-             "Overhead = fraction of wall time outside forward passes.", "",
+             "Overhead = fraction of wall time outside forward passes. *Steps*: units of work (a DDPG episode, a TPE "
+             "trial, a generation); a DDPG episode that re-proposes an evaluated policy costs its training but "
+             "adds no evaluation (recorded since the release-BN column was added).", "",
              "Issue #4's reference points at 50% FLOPs (a plain Torch-Pruning + Optuna TPE script, 2,000 validation "
              "images): uniform 76.5% test; TPE 88.3% test after 80 trials, 88.8% after 400 (validation 90.0%).", "",
              "Ran on: " + "; ".join(sorted({f"{r.get('device', 'CPU')}, torch {r.get('torch', '?')}" for r in rows})),
              "",
-             "| budget | backend | seeds | evals | val (search) | test (no FT) | test, release BN (no FT) "
+             "| budget | backend | seeds | evals | steps | val (search) | test (no FT) | test, release BN (no FT) "
              "| test after FT | val - test | evals/s | overhead | budget met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["budget"], r["backend"]) for r in rows}, key=lambda k: (-k[0], k[1]))
     for budget, backend in keys:
         rs = [r for r in rows if r["budget"] == budget and r["backend"] == backend]
         lines.append(
             f"| {budget:.0%} FLOPs | {backend} | {len(rs)} | {_span([r['evaluations'] for r in rs])} "
+            f"| {_span([r['steps'] for r in rs if 'steps' in r]) or '-'} "
             f"| {_mean_std([r['best_val'] for r in rs])} | {_mean_std([r['best_test'] for r in rs])} "
             f"| {_mean_std([r['best_test_release'] for r in rs if 'best_test_release' in r]) or '-'} "
             f"| {_mean_std([r['best_test_finetuned'] for r in rs])} "
