@@ -72,6 +72,12 @@ class Result:
         return cls(**{**data, "policy": Policy(data["policy"]), "seconds": dict(data.get("seconds", {}))})
 
 
+def _bn_order(n_train: int, seed: int) -> torch.Tensor:
+    """The seeded order in which TRAIN images are drawn for BatchNorm recalibration: the search takes
+    its first few, :meth:`Evaluator.release` a longer prefix of the same order."""
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+
+
 def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
     """Re-estimate every BatchNorm's running statistics on ``x`` (cumulative average, no grads)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -132,9 +138,8 @@ class Evaluator:
         x_val, y_val = val_data.tensors
         # clones, not views: a view pickles (to Ray workers) with the whole split behind it
         self.val = TensorDataset(x_val[:val_size].clone(), y_val[:val_size].clone())
-        gen = torch.Generator().manual_seed(seed)
         x_train = train_data.tensors[0]
-        pick = torch.randperm(len(x_train), generator=gen)[: bn_batches * batch_size]
+        pick = _bn_order(len(x_train), seed)[: bn_batches * batch_size]
         self.bn_inputs = x_train[pick]
         self.batch_size, self.finetune_steps, self.seed = batch_size, finetune_steps, seed
         self.reward_fn = get_reward(reward)
@@ -156,7 +161,7 @@ class Evaluator:
             raise RuntimeError("release() needs the TRAIN split; call it on the driver's evaluator, not a worker's")
         model = self.pruner.prune(policy)
         x_train = self.train_data.tensors[0]
-        pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(self.seed))[:bn_images]
+        pick = _bn_order(len(x_train), self.seed)[:bn_images]
         recalibrate_batchnorm(model, x_train[pick], self.batch_size)
         return model
 

@@ -83,13 +83,15 @@ def add_release_bn(ledger: Path) -> None:
     same seed, so the same model ``run_one`` would measure)."""
     torch.set_num_threads(1)
     model, splits, space = reference_setup()
+    evaluators: dict[int, Evaluator] = {}  # one per seed: building one ranks every group's channels
     found = {}
     for r in map(json.loads, ledger.read_text().splitlines()):
         if "best_test_release" not in r:
-            evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, val_size=1,
-                                  bn_batches=0, path="exact", seed=r["seed"])
-            found[(r["budget"], r["backend"], r["seed"])] = accuracy(evaluator.release(Policy(r["policy"])),
-                                                                     splits.test)
+            if r["seed"] not in evaluators:
+                evaluators[r["seed"]] = Evaluator(model, space, train_data=splits.train, val_data=splits.val,
+                                                  val_size=1, bn_batches=0, path="exact", seed=r["seed"])
+            released = evaluators[r["seed"]].release(Policy(r["policy"]))
+            found[(r["budget"], r["backend"], r["seed"])] = accuracy(released, splits.test)
     # re-read: other searches may have appended rows meanwhile
     rows = [json.loads(line) for line in ledger.read_text().splitlines()]
     for r in rows:
