@@ -19,6 +19,7 @@ and machine, so they are measured once.
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
 import io
 import json
@@ -44,10 +45,15 @@ __all__ = ["RUNTIMES", "LatencyTable", "make_runner", "measure", "measure_latenc
 
 RUNTIMES = ("torch", "onnxruntime")
 CACHE_ENV = "AUTOPRUNE_CACHE"
-TABLE_FORMAT = 2  # part of the cache key: tables measured or fitted differently are rebuilt
+TABLE_FORMAT = 3  # part of the cache key: tables measured or fitted differently are rebuilt
 # Random whole models the remainder is fitted on: with 8, the fit of ResNet-20 and MobileNetV2 at torch
 # batch 64 swung from run to run (median ratio error 17.5% and 23.0% in one quiet run, 7.6% and 5.6% with 24).
 CALIBRATION_POLICIES = 24
+# Copies of the dense model timed side by side; their median is the dense latency. Every fractional
+# latency budget divides by it, so one slow reading biases every ratio alike: a table whose single
+# dense copy read 170 ms where the check read 121 ms predicted every ratio of ResNet-20 at torch
+# batch 64 15-30% low, while its absolute predictions of the pruned models were right.
+DENSE_COPIES = 3
 
 
 @contextmanager
@@ -263,8 +269,10 @@ class LatencyTable:
         rng = np.random.default_rng(20181106)
         policies = [space.uniform(r) for r in np.linspace(0.0, top, 4)]
         policies += [space.sample(rng) for _ in range(calibration_policies)]
-        measured = measure({str(i): make_runner(prune_shape_only(model, space, p), x, runtime)
-                            for i, p in enumerate(policies)}, repeats=repeats)
+        runners = {str(i): make_runner(prune_shape_only(model, space, p), x, runtime) for i, p in enumerate(policies)}
+        runners.update(_dense_copies(model, x, runtime, DENSE_COPIES - 1))
+        measured = measure(runners, repeats=repeats)
+        measured["0"] = statistics.median(t for name, t in measured.items() if name == "0" or name.startswith("dense"))
         dense_act = table._dense_activation(space)
         rows = np.array([table._features(cm.layer_sizes(space.keep_units(p)), dense_act) for p in policies])
         target = np.array([measured[str(i)] for i in range(len(policies))])
@@ -309,22 +317,24 @@ class LatencyTable:
               repeats: int = 15) -> list[dict[str, float]]:
         """Predicted vs directly measured latency of physically pruned ``policies``.
 
-        The dense model is measured in the same interleaved rounds, so besides the absolute error
-        each row has the error of the latency *ratio to dense*, which is what a fractional latency
-        budget uses and which machine-wide drift (other processes, clock changes) cancels out of.
+        The dense model (the median of ``DENSE_COPIES`` copies) is measured in the same interleaved
+        rounds, so besides the absolute error each row has the error of the latency *ratio to dense*,
+        which is what a fractional latency budget uses and which machine-wide drift (other
+        processes, clock changes) cancels out of.
         """
         from autoprune.pruning import prune_shape_only
 
         x = torch.randn(self.batch, *self.meta["input_shape"])
-        runners = {"dense": make_runner(model, x, self.runtime)}
+        runners = _dense_copies(model, x, self.runtime, DENSE_COPIES)
         runners.update({str(i): make_runner(prune_shape_only(model, space, p), x, self.runtime)
                         for i, p in enumerate(policies)})
         measured = measure(runners, repeats=repeats)
+        dense = statistics.median(t for name, t in measured.items() if name.startswith("dense"))
         dense_predicted = self.predict(space, space.cost_model.units)
         rows = []
         for i, p in enumerate(policies):
             predicted, m = self.predict(space, space.keep_units(p)), measured[str(i)]
-            ratio_p, ratio_m = predicted / dense_predicted, m / measured["dense"]
+            ratio_p, ratio_m = predicted / dense_predicted, m / dense
             rows.append({"predicted_s": predicted, "measured_s": m, "relative_error": abs(predicted - m) / m,
                          "predicted_ratio": ratio_p, "measured_ratio": ratio_m,
                          "ratio_error": abs(ratio_p - ratio_m) / ratio_m})
@@ -377,6 +387,11 @@ class _Compiled:
                       + fx * ((1 - fy) * z[i1][j0] + fy * z[i1][j1]))
         activation = sum((b + k * kept[g]) * per for (g, k, b), per in self.activation)
         return self.a + self.c * total + self.b * activation / self.dense_activation
+
+
+def _dense_copies(model: nn.Module, x: torch.Tensor, runtime: str, n: int) -> dict[str, Callable[[], Any]]:
+    """Runners of ``n`` separate copies of the dense model (each with its own memory placement)."""
+    return {f"dense{i}": make_runner(copy.deepcopy(model), x, runtime) for i in range(n)}
 
 
 def _candidate_keeps(space: SearchSpace, levels: int) -> list[np.ndarray]:

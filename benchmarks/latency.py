@@ -88,9 +88,9 @@ def main() -> None:
                                                   "results": results}, indent=2))
     lines = ["# Latency lookup table: predicted vs measured", "", f"Command: `{command.strip()}`", "",
              f"{args.policies} random policies per row (round_to={args.round_to}), physically pruned and measured "
-             "interleaved with the dense model, 1 thread, median of 11-15 samples. *Ratio* = latency / dense "
-             "latency (what a fractional latency budget uses; cancels machine-wide drift). Target: median "
-             "error <= 10%.", "",
+             "interleaved with 3 copies of the dense model, 1 thread, median of 11-15 samples. *Ratio* = latency "
+             "/ dense latency (the median of the copies; what a fractional latency budget uses; cancels "
+             "machine-wide drift). Target: median error <= 10%.", "",
              "| model | runtime | batch | dense latency | ratio error median | ratio error max "
              "| absolute error median | absolute error max | table build | predict |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -126,3 +126,30 @@ def test_compiled_prediction_equals_the_reference_formula(small):
         reference = float(np.dot(table.calibration, table._features(space.cost_model.layer_sizes(keep),
                                                                      dense_activation)))
         assert table.predict(space, keep) == pytest.approx(reference, rel=1e-9)
+
+
+def test_one_slow_dense_reading_moves_neither_the_anchor_nor_the_checked_ratios(small, tmp_path, monkeypatch):
+    """Every ratio divides by the dense latency: it is the median of several dense copies, so one
+    copy read 3x too slow (as a whole-model reading on a shared VM can be) changes nothing."""
+    import autoprune.latency as latency
+
+    model, space, _, _ = small
+    real_measure = latency.measure
+    honest: list[float] = []
+
+    def one_slow_copy(runners, **kwargs):
+        times = real_measure(runners, **kwargs)
+        copies = sorted(n for n in times if n.startswith("dense"))
+        if not copies:  # the table's per-layer timings
+            return times
+        honest[:] = [times[n] for n in copies] + ([times["0"]] if len(copies) < 3 else [])
+        times[copies[0]] *= 3.0
+        return times
+
+    monkeypatch.setattr(latency, "measure", one_slow_copy)
+    table = LatencyTable.build(model, space, levels=3, repeats=3, calibration_policies=2, cache_dir=tmp_path,
+                               show_progress=False)
+    assert len(honest) >= 3 and min(honest) <= table.dense_measured <= max(honest)
+    # the checked "policy" prunes nothing: its latency ratio to dense is 1 up to timing noise, not 1/3
+    row = table.check(model, space, [space.uniform(0.0)], repeats=3)[0]
+    assert 0.5 < row["measured_ratio"] < 2.0
