@@ -33,6 +33,7 @@ from reference import reference_setup  # benchmarks/reference.py: run as python 
 from autoprune.budget import Budget
 from autoprune.costs import count_costs
 from autoprune.evaluation import Evaluator, recalibrate_batchnorm
+from autoprune.pruning import IMPORTANCE_NAMES
 from autoprune.search import create_searcher
 from autoprune.search_spaces import Policy
 from autoprune.training import TrainConfig, accuracy, train
@@ -47,7 +48,7 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
     budget = Budget(flops=flops)
     evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
                           val_size=args.val_size, bn_batches=args.bn_batches, path="exact", seed=seed,
-                          device=args.device)
+                          device=args.device, importance=args.importance)
     with tempfile.TemporaryDirectory() as run_dir:
         searcher = create_searcher(backend, evaluator=evaluator, seed=seed, ledger=run_dir,
                                    **BACKEND_OPTIONS.get(backend, {}))
@@ -67,7 +68,8 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
     torch.manual_seed(seed)
     train(pruned, splits.train, TrainConfig(epochs=args.finetune_epochs, max_lr=args.finetune_lr, seed=seed),
           show_progress=False)
-    return {"budget": flops, "backend": backend, "seed": seed, "evaluations": len(results), "steps": len(steps),
+    return {"budget": flops, "backend": backend, "seed": seed, "importance": args.importance,
+            "evaluations": len(results), "steps": len(steps),
             "failed": sum(r.failed is not None for r in results), "wall_s": wall,
             "evals_per_s": len(results) / wall, "outside_forward": 1 - forward / wall,
             "best_val": best.accuracy, "best_test": test, "best_test_release": test_release,
@@ -83,22 +85,39 @@ def add_release_bn(ledger: Path) -> None:
     same seed, so the same model ``run_one`` would measure)."""
     torch.set_num_threads(1)
     model, splits, space = reference_setup()
-    evaluators: dict[int, Evaluator] = {}  # one per seed: building one ranks every group's channels
+    evaluators: dict[tuple[int, str], Evaluator] = {}  # one per seed: building one ranks every group's channels
     found = {}
     for r in map(json.loads, ledger.read_text().splitlines()):
         if "best_test_release" not in r:
-            if r["seed"] not in evaluators:
-                evaluators[r["seed"]] = Evaluator(model, space, train_data=splits.train, val_data=splits.val,
-                                                  val_size=1, bn_batches=0, path="exact", seed=r["seed"])
-            released = evaluators[r["seed"]].release(Policy(r["policy"]))
-            found[(r["budget"], r["backend"], r["seed"])] = accuracy(released, splits.test)
+            if _pruner_key(r) not in evaluators:
+                evaluators[_pruner_key(r)] = Evaluator(model, space, train_data=splits.train, val_data=splits.val,
+                                                       val_size=1, bn_batches=0, path="exact", seed=r["seed"],
+                                                       importance=_importance(r))
+            released = evaluators[_pruner_key(r)].release(Policy(r["policy"]))
+            found[_row_key(r)] = accuracy(released, splits.test)
     # re-read: other searches may have appended rows meanwhile
     rows = [json.loads(line) for line in ledger.read_text().splitlines()]
     for r in rows:
-        key = (r["budget"], r["backend"], r["seed"])
+        key = _row_key(r)
         if "best_test_release" not in r and key in found:
             r["best_test_release"] = found[key]
     ledger.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _importance(row: dict) -> str:
+    return row.get("importance", "l2")  # rows recorded before --importance existed used the default
+
+
+def _pruner_key(row: dict) -> tuple[int, str]:
+    return row["seed"], _importance(row)
+
+
+def _row_key(row: dict) -> tuple[float, str, int, str]:
+    return row["budget"], row["backend"], row["seed"], _importance(row)
+
+
+def _label(row: dict) -> str:
+    return row["backend"] if _importance(row) == "l2" else f"{row['backend']} ({_importance(row)})"
 
 
 def _device_name(device: str) -> str:
@@ -139,9 +158,9 @@ def write_markdown(rows: list[dict], path: Path) -> None:
              "| budget | backend | seeds | evals | steps | val (search) | test (no FT) | test, release BN (no FT) "
              "| test after FT | val - test | evals/s | overhead | budget met |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["budget"], r["backend"]) for r in rows}, key=lambda k: (-k[0], k[1]))
+    keys = sorted({(r["budget"], _label(r)) for r in rows}, key=lambda k: (-k[0], k[1]))
     for budget, backend in keys:
-        rs = [r for r in rows if r["budget"] == budget and r["backend"] == backend]
+        rs = [r for r in rows if r["budget"] == budget and _label(r) == backend]
         lines.append(
             f"| {budget:.0%} FLOPs | {backend} | {len(rs)} | {_span([r['evaluations'] for r in rs])} "
             f"| {_span([r['steps'] for r in rs if 'steps' in r]) or '-'} "
@@ -163,6 +182,8 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=300)
     parser.add_argument("--val-size", type=int, default=2000)
     parser.add_argument("--bn-batches", type=int, default=8)
+    parser.add_argument("--importance", default="l2", choices=IMPORTANCE_NAMES,
+                        help="the pruner's channel-ranking criterion (rows of other criteria are tabled apart)")
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
     parser.add_argument("--finetune-lr", type=float, default=0.05)
     parser.add_argument("--device", default="cpu", help="where pruned copies are scored: cpu or cuda")
@@ -177,7 +198,7 @@ def main() -> None:
     ledger = out / "search_quality.jsonl"
     done = set()
     if ledger.exists():
-        done = {(r["budget"], r["backend"], r["seed"]) for r in map(json.loads, ledger.read_text().splitlines())}
+        done = {_row_key(r) for r in map(json.loads, ledger.read_text().splitlines())}
     command = ("python benchmarks/search_quality.py " + " ".join(sys.argv[1:])).strip()
     if args.add_release_bn:
         add_release_bn(ledger)
@@ -186,7 +207,7 @@ def main() -> None:
         write_markdown(rows, out / "search_quality.md")
         return
     todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
-            if (flops, backend, seed) not in done]
+            if (flops, backend, seed, args.importance) not in done]
     todo.sort(key=lambda job: job[0] == "uniform")  # the one-evaluation baseline last: long searches start first
     # spawn: each search starts from a clean interpreter (no forked torch thread pools or CUDA state)
     context = multiprocessing.get_context("spawn")
