@@ -154,15 +154,23 @@ class Evaluator:
         self.path = "exact" if finetune_steps or self.device.type != "cpu" else path
         self.path_timing: dict[str, float] = {}
 
-    def release(self, policy: Policy, *, bn_images: int = RELEASE_BN_IMAGES) -> nn.Module:
-        """The physically pruned model of ``policy`` (on the CPU) as a search hands it back: its BatchNorm
-        statistics re-estimated on ``bn_images`` TRAIN images (a superset of the search's batches)."""
+    def release(self, policy: Policy, *, bn_images: int = RELEASE_BN_IMAGES, reconstruct: bool = True) -> nn.Module:
+        """The physically pruned model of ``policy`` (on the CPU) as a search hands it back: with
+        ``reconstruct``, the layers that lost input channels refitted by least squares to the dense
+        model's outputs (:mod:`autoprune.reconstruction`), then its BatchNorm statistics re-estimated
+        on ``bn_images`` TRAIN images (a superset of the search's batches)."""
         if self.train_data is None:
             raise RuntimeError("release() needs the TRAIN split; call it on the driver's evaluator, not a worker's")
         model = self.pruner.prune(policy)
         x_train = self.train_data.tensors[0]
-        pick = _bn_order(len(x_train), self.seed)[:bn_images]
-        recalibrate_batchnorm(model, x_train[pick], self.batch_size)
+        order = _bn_order(len(x_train), self.seed)
+        if reconstruct:
+            from autoprune.reconstruction import RECONSTRUCT_IMAGES
+            from autoprune.reconstruction import reconstruct as refit
+
+            refit(self.model, model, self.pruner.plan(policy), x_train[order[:RECONSTRUCT_IMAGES]],
+                  batch_size=self.batch_size, seed=self.seed)
+        recalibrate_batchnorm(model, x_train[order[:bn_images]], self.batch_size)
         return model
 
     # ----------------------------------------------------------------------------------------

@@ -194,7 +194,7 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
     measured = None
     if evaluator.budget.needs_latency:  # the table predicts; the shipped model must meet it when measured
         best, measured = _measured_within_latency(searcher, config, splits)
-    pruned = evaluator.release(best.policy)
+    pruned = evaluator.release(best.policy, reconstruct=config.pruner.reconstruct)
     counted = count_costs(pruned, splits.example_inputs())
     dense = evaluator.space.dense_costs
     (run_dir / "best_policy.json").write_text(best.policy.to_json(indent=2))
@@ -208,7 +208,8 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
                # counted FLOPs/params of the physically pruned model; latency as the table predicts it
                "meets_budget": evaluator.budget.holds(replace(counted, latency=best.latency), dense)
                and (measured is None or measured["within_budget"]),
-               "measured_latency": measured, "best": best.to_dict(), "done": True}
+               "measured_latency": measured, "reconstructed": config.pruner.reconstruct, "best": best.to_dict(),
+               "done": True}
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
 
