@@ -64,7 +64,8 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
     pruned.to(args.device)
     recalibrate_batchnorm(pruned, evaluator.bn_inputs, evaluator.batch_size)
     test = accuracy(pruned, splits.test)
-    test_release = accuracy(evaluator.release(best.policy).to(args.device), splits.test)
+    test_release = accuracy(evaluator.release(best.policy, reconstruct=False).to(args.device), splits.test)
+    test_reconstructed = accuracy(evaluator.release(best.policy).to(args.device), splits.test)
     torch.manual_seed(seed)
     train(pruned, splits.train, TrainConfig(epochs=args.finetune_epochs, max_lr=args.finetune_lr, seed=seed),
           show_progress=False)
@@ -73,6 +74,7 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
             "failed": sum(r.failed is not None for r in results), "wall_s": wall,
             "evals_per_s": len(results) / wall, "outside_forward": 1 - forward / wall,
             "best_val": best.accuracy, "best_test": test, "best_test_release": test_release,
+            "best_test_reconstructed": test_reconstructed,
             "val_test_gap": best.accuracy - test,
             "best_test_finetuned": accuracy(pruned, splits.test), "counted_flops_ratio": counted.macs /
             space.dense_costs.macs, "meets_budget": counted.macs <= flops * space.dense_costs.macs,
@@ -80,27 +82,33 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
             "device": _device_name(args.device), "torch": torch.__version__}
 
 
-def add_release_bn(ledger: Path) -> None:
-    """Measure the release-BN test accuracy of rows recorded before it was measured (same policy,
-    same seed, so the same model ``run_one`` would measure)."""
+BACKFILLED = {"best_test_release": {"reconstruct": False}, "best_test_reconstructed": {"reconstruct": True}}
+
+
+def backfill(ledger: Path) -> None:
+    """Measure the release-BN and reconstructed test accuracies of rows recorded before they were
+    measured (same policy, seed and criterion, so the same models ``run_one`` would measure)."""
     torch.set_num_threads(1)
     model, splits, space = reference_setup()
     evaluators: dict[tuple[int, str], Evaluator] = {}  # one per seed: building one ranks every group's channels
-    found = {}
+    found: dict[tuple[tuple[float, str, int, str], str], float] = {}
     for r in map(json.loads, ledger.read_text().splitlines()):
-        if "best_test_release" not in r:
+        for column, options in BACKFILLED.items():
+            if column in r:
+                continue
             if _pruner_key(r) not in evaluators:
                 evaluators[_pruner_key(r)] = Evaluator(model, space, train_data=splits.train, val_data=splits.val,
                                                        val_size=1, bn_batches=0, path="exact", seed=r["seed"],
                                                        importance=_importance(r))
-            released = evaluators[_pruner_key(r)].release(Policy(r["policy"]))
-            found[_row_key(r)] = accuracy(released, splits.test)
+            released = evaluators[_pruner_key(r)].release(Policy(r["policy"]), **options)
+            found[_row_key(r), column] = accuracy(released, splits.test)
+            print(f"{_row_key(r)} {column}: {found[_row_key(r), column]:.2%}", flush=True)
     # re-read: other searches may have appended rows meanwhile
     rows = [json.loads(line) for line in ledger.read_text().splitlines()]
     for r in rows:
-        key = _row_key(r)
-        if "best_test_release" not in r and key in found:
-            r["best_test_release"] = found[key]
+        for column in BACKFILLED:
+            if column not in r and (_row_key(r), column) in found:
+                r[column] = found[_row_key(r), column]
     ledger.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -147,7 +155,10 @@ def write_markdown(rows: list[dict], path: Path) -> None:
              "Reference model: 92.53% test. Search on adaptive-BN validation accuracy (validation images carved "
              "from TRAIN); best policy physically pruned, FLOPs counted, test accuracy on the 10k TEST split "
              "without and with fine-tuning. *Release BN*: the same pruned model with its BatchNorm statistics "
-             "re-estimated on 8,192 TRAIN images (what `autoprune run` ships) instead of the search's 512. "
+             "re-estimated on 8,192 TRAIN images instead of the search's 512. *Reconstructed*: before that, the "
+             "layers that lost input channels refitted by least squares to the dense model's outputs on 512 TRAIN "
+             "images (what `autoprune run` ships; no gradient step, no label). The fine-tune starts from the "
+             "pruned model without reconstruction. "
              "Overhead = fraction of wall time outside forward passes. *Steps*: units of work (a DDPG episode, a TPE "
              "trial, a generation); a DDPG episode that re-proposes an evaluated policy costs its training but "
              "adds no evaluation (recorded since the release-BN column was added).", "",
@@ -156,8 +167,8 @@ def write_markdown(rows: list[dict], path: Path) -> None:
              "Ran on: " + "; ".join(sorted({f"{r.get('device', 'CPU')}, torch {r.get('torch', '?')}" for r in rows})),
              "",
              "| budget | backend | seeds | evals | steps | val (search) | test (no FT) | test, release BN (no FT) "
-             "| test after FT | val - test | evals/s | overhead | budget met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| test, reconstructed (no FT) | test after FT | val - test | evals/s | overhead | budget met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["budget"], _label(r)) for r in rows}, key=lambda k: (-k[0], k[1]))
     for budget, backend in keys:
         rs = [r for r in rows if r["budget"] == budget and _label(r) == backend]
@@ -166,6 +177,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             f"| {_span([r['steps'] for r in rs if 'steps' in r]) or '-'} "
             f"| {_mean_std([r['best_val'] for r in rs])} | {_mean_std([r['best_test'] for r in rs])} "
             f"| {_mean_std([r['best_test_release'] for r in rs if 'best_test_release' in r]) or '-'} "
+            f"| {_mean_std([r['best_test_reconstructed'] for r in rs if 'best_test_reconstructed' in r]) or '-'} "
             f"| {_mean_std([r['best_test_finetuned'] for r in rs])} "
             f"| {statistics.mean(r['val_test_gap'] for r in rs):+.2%} "
             f"| {statistics.mean(r['evals_per_s'] for r in rs):.2f} "
@@ -190,8 +202,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="searches run at once, one process each")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--markdown-only", action="store_true", help="rebuild the .md from the .jsonl and stop")
-    parser.add_argument("--add-release-bn", action="store_true",
-                        help="add the release-BN test accuracy to rows recorded without it, rebuild the .md, stop")
+    parser.add_argument("--backfill", action="store_true",
+                        help="add the release-BN and reconstructed test accuracies to rows recorded without them, "
+                             "rebuild the .md, stop")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,9 +213,9 @@ def main() -> None:
     if ledger.exists():
         done = {_row_key(r) for r in map(json.loads, ledger.read_text().splitlines())}
     command = ("python benchmarks/search_quality.py " + " ".join(sys.argv[1:])).strip()
-    if args.add_release_bn:
-        add_release_bn(ledger)
-    if args.markdown_only or args.add_release_bn:
+    if args.backfill:
+        backfill(ledger)
+    if args.markdown_only or args.backfill:
         rows = [json.loads(line) for line in ledger.read_text().splitlines()]
         write_markdown(rows, out / "search_quality.md")
         return
