@@ -45,11 +45,13 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, plan: Mapping[tuple[str, bo
         layer = pruned_modules[name]
         if (name, False) not in plan or calls[name] != 1 or not _refittable(layer):
             continue
-        keep_out = [i for i in range(dense_modules[name].weight.shape[0]) if i not in removed_out.get(name, ())]
+        keep_out = torch.tensor([i for i in range(dense_modules[name].weight.shape[0])
+                                 if i not in removed_out.get(name, ())])
+        channels = -1 if isinstance(layer, nn.Linear) else 1  # a Linear's features are its input's last dim
         gram, cross = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
         for i in range(0, len(images), batch_size):  # the normal equations, accumulated batch by batch
             x = images[i:i + batch_size]
-            y = _capture(dense, dense_modules[name], x, output=True)[:, keep_out]
+            y = _capture(dense, dense_modules[name], x, output=True).index_select(channels, keep_out)
             rows, targets = _rows(layer, _capture(pruned, layer, x, output=False), y, generator)
             gram, cross = gram + rows.T @ rows, cross + rows.T @ targets
         gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)

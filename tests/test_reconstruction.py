@@ -16,7 +16,7 @@ def _duplicate_unit(layer: nn.Module, copy_of: int, into: int) -> None:
             layer.bias[into] = layer.bias[copy_of]
 
 
-@pytest.mark.parametrize("kind", ["conv2d", "conv1d", "linear"])
+@pytest.mark.parametrize("kind", ["conv2d", "conv1d", "linear", "tokens"])
 def test_a_pruned_duplicate_channel_is_recovered_exactly(kind):
     """Unit 3 of the first layer copies unit 0: pruning it loses nothing the next layer cannot get
     back (its weights on unit 0 absorb those on unit 3), and least squares must find that."""
@@ -25,6 +25,7 @@ def test_a_pruned_duplicate_channel_is_recovered_exactly(kind):
         "conv2d": (nn.Conv2d(2, 5, 3, padding=1), nn.Conv2d(5, 3, 3, padding=1, bias=False), torch.randn(64, 2, 6, 6)),
         "conv1d": (nn.Conv1d(2, 5, 3, padding=1), nn.Conv1d(5, 3, 3, stride=2), torch.randn(64, 2, 12)),
         "linear": (nn.Linear(4, 5), nn.Linear(5, 3), torch.randn(256, 4)),
+        "tokens": (nn.Linear(4, 5), nn.Linear(5, 3), torch.randn(64, 7, 4)),  # features last, as in a ViT
     }[kind]
     _duplicate_unit(first, copy_of=0, into=3)
     dense = nn.Sequential(first, nn.ReLU(), second).eval()
