@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from autoprune.costs import Costs
 from autoprune.search_spaces import Policy, SearchSpace
 
-__all__ = ["Budget", "InfeasibleBudgetError", "check_feasible", "min_ratio", "project", "uniform_policy"]
+__all__ = ["Budget", "InfeasibleBudgetError", "check_feasible", "min_ratio", "project", "reachable", "uniform_policy"]
 
 
 class InfeasibleBudgetError(ValueError):
@@ -159,13 +159,18 @@ def min_ratio(space: SearchSpace, budget: Budget, decided: Mapping[str, float], 
     its upper bound; the answer is the smallest ratio of this group that still meets the budget.
     An agent whose actions are raised to this wall at every step always ends within budget.
     """
-    groups = space.groups
-    rest = {g.name: g.high for g in groups[index + 1:]}
-    g = groups[index]
-
-    def with_ratio(r: float) -> Policy:
-        return Policy({**decided, g.name: r, **rest})
-
-    if not _feasible(space, budget, with_ratio(g.high)):
+    g = space.groups[index]
+    if not reachable(space, budget, decided, index, g.high):
         raise InfeasibleBudgetError(f"budget {budget} cannot be met after the ratios decided before group {g.name!r}")
-    return _bisect(lambda r: _feasible(space, budget, with_ratio(r)), g.low, g.high, tol)
+    return _bisect(lambda r: reachable(space, budget, decided, index, r), g.low, g.high, tol)
+
+
+def reachable(space: SearchSpace, budget: Budget, decided: Mapping[str, float], index: int, ratio: float) -> bool:
+    """Whether the budget is met when group ``index`` takes ``ratio`` after the ``decided`` ones and
+    every later group is pruned to its upper bound.
+
+    FLOPs and parameters fall as a ratio grows, so every ratio above :func:`min_ratio` is reachable.
+    A measured latency table need not be monotone (a narrower layer can time slower), so the
+    environment checks the ratio it takes and falls back to the wall when it is not."""
+    rest = {g.name: g.high for g in space.groups[index + 1:]}
+    return _feasible(space, budget, Policy({**decided, space.groups[index].name: ratio, **rest}))

@@ -11,8 +11,10 @@ from autoprune.search_spaces import SearchSpace
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("resnet20", in_channels=1, image_size=8).eval()
-    space = SearchSpace.from_model(model, torch.randn(1, 1, 8, 8), round_to=4)
+    # 28x28, not smaller: on 8x8 inputs framework overhead dominates, and under load a noisy table once
+    # predicted the most-pruned model slower than dense (no latency fraction below 1 was reachable)
+    model = create_model("resnet20", in_channels=1, image_size=28).eval()
+    space = SearchSpace.from_model(model, torch.randn(1, 1, 28, 28), round_to=4)
     cache = tmp_path_factory.mktemp("latency-cache")
     table = LatencyTable.build(model, space, levels=3, repeats=3, calibration_policies=2, cache_dir=cache,
                                show_progress=False)
@@ -22,9 +24,10 @@ def small(tmp_path_factory):
 def _reachable_latency_fraction(space):
     """Halfway between dense and the most-pruned latency: a target the space can always reach.
 
-    On 8x8 inputs most of the latency is framework overhead, so a fixed target could be infeasible.
+    Much of a small model's latency is framework overhead, so a fixed target could be infeasible.
     """
     most = space.costs(space.uniform(max(g.high for g in space.groups))).latency
+    assert most < space.dense_costs.latency, "the table predicts the most-pruned model no faster than dense"
     return (1 + most / space.dense_costs.latency) / 2
 
 
@@ -58,7 +61,7 @@ def test_table_is_cached_on_disk_and_reloads_identically(small):
 
 def test_cache_key_separates_runtime_and_grid(small, tmp_path):
     model, space, _, _ = small
-    other = SearchSpace.from_model(model, torch.randn(1, 1, 8, 8), round_to=None)
+    other = SearchSpace.from_model(model, torch.randn(1, 1, 28, 28), round_to=None)
     LatencyTable.build(model, other, levels=3, repeats=3, calibration_policies=2, cache_dir=tmp_path,
                        show_progress=False)
     LatencyTable.build(model, space, levels=3, repeats=3, calibration_policies=2, cache_dir=tmp_path,
@@ -106,7 +109,7 @@ def test_env_keeps_episodes_within_a_latency_budget(small):
     model, space, table, _ = small
     space.attach_latency(table)
     try:
-        data = random_data(8, shape=(1, 8, 8))
+        data = random_data(8, shape=(1, 28, 28))
         target = _reachable_latency_fraction(space)
         budget = Budget(latency=target, flops=0.8)
         env = PruneEnv(Evaluator(model, space, train_data=data, val_data=data, budget=budget, val_size=8,
@@ -130,26 +133,22 @@ def test_compiled_prediction_equals_the_reference_formula(small):
 
 def test_one_slow_dense_reading_moves_neither_the_anchor_nor_the_checked_ratios(small, tmp_path, monkeypatch):
     """Every ratio divides by the dense latency: it is the median of several dense copies, so one
-    copy read 3x too slow (as a whole-model reading on a shared VM can be) changes nothing."""
+    copy read 3x too slow (as a whole-model reading on a shared VM can be) changes nothing. Timings
+    are faked (every model 1 ms) so that only the arithmetic is tested, not this machine's noise."""
     import autoprune.latency as latency
 
     model, space, _, _ = small
-    real_measure = latency.measure
-    honest: list[float] = []
 
     def one_slow_copy(runners, **kwargs):
-        times = real_measure(runners, **kwargs)
+        times = dict.fromkeys(runners, 1e-3)
         copies = sorted(n for n in times if n.startswith("dense"))
-        if not copies:  # the table's per-layer timings
-            return times
-        honest[:] = [times[n] for n in copies] + ([times["0"]] if len(copies) < 3 else [])
-        times[copies[0]] *= 3.0
+        if copies:  # whole-model rounds (not the table's per-layer timings)
+            times[copies[0]] = 3e-3
         return times
 
     monkeypatch.setattr(latency, "measure", one_slow_copy)
     table = LatencyTable.build(model, space, levels=3, repeats=3, calibration_policies=2, cache_dir=tmp_path,
                                show_progress=False)
-    assert len(honest) >= 3 and min(honest) <= table.dense_measured <= max(honest)
-    # the checked "policy" prunes nothing: its latency ratio to dense is 1 up to timing noise, not 1/3
+    assert table.dense_measured == pytest.approx(1e-3)
     row = table.check(model, space, [space.uniform(0.0)], repeats=3)[0]
-    assert 0.5 < row["measured_ratio"] < 2.0
+    assert row["measured_ratio"] == pytest.approx(1.0)

@@ -17,7 +17,7 @@ import numpy as np
 from gymnasium import spaces
 from torch import nn
 
-from autoprune.budget import Budget, check_feasible, min_ratio
+from autoprune.budget import Budget, check_feasible, min_ratio, reachable
 from autoprune.evaluation import Evaluator, Result
 from autoprune.search_spaces import Policy
 
@@ -100,6 +100,8 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         g = self.space.groups[self._t]
         wall = min_ratio(self.space, self.budget, self._ratios, self._t)
         ratio = max(g.low + a * (g.high - g.low), wall)
+        if ratio > wall and not reachable(self.space, self.budget, self._ratios, self._t, ratio):
+            ratio = wall  # a non-monotone latency table: pruning this group more made the rest unreachable
         self._ratios[g.name] = ratio
         # AMC feeds back the action actually taken (after the wall), as a fraction of the range.
         self._previous = (ratio - g.low) / (g.high - g.low) if g.high > g.low else 0.0

@@ -11,7 +11,7 @@ from autoprune.costs import count_costs
 from autoprune.envs import OBSERVATION_FEATURES, PruneEnv
 from autoprune.evaluation import Evaluator
 from autoprune.models import create_model
-from autoprune.search_spaces import SearchSpace
+from autoprune.search_spaces import Policy, SearchSpace
 from tests.conftest import random_data, random_episodes
 
 
@@ -108,3 +108,29 @@ def test_raising_or_nan_reward_is_a_failed_evaluation_and_the_episode_ends(rewar
         _, r, done, _, info = env.step(np.array([0.5], dtype=np.float32))
     assert r == -1.0 and info["result"].failed
     env.reset(seed=1)  # and the environment goes on
+
+
+class _SlowWhenHalfPruned:
+    """A latency "table" that is not monotone: the first group pruned part-way (not to its upper bound)
+    makes the model slower than dense, as a noisy measured table can."""
+
+    def __init__(self, space):
+        self.units = space.cost_model.units.astype(float)
+        self.first_high = space.keep_units(Policy({g.name: g.high for g in space.groups}))[0]
+
+    def predict(self, space, keep):
+        slow = self.first_high < keep[0] < self.units[0]
+        return float(np.sum(keep / self.units)) + (100.0 if slow else 0.0)
+
+
+def test_actions_above_the_wall_that_a_non_monotone_latency_makes_unreachable_fall_back_to_it():
+    ev = _evaluator("resnet20", 0.9)
+    ev.space.attach_latency(_SlowWhenHalfPruned(ev.space))
+    ev.budget = Budget(latency=0.9)
+    env = PruneEnv(ev)
+    env.reset(seed=0)
+    info = env.decide(np.array([0.5]))  # the first group half-pruned: slow, whatever the later groups do
+    assert info["ratio"] == info["wall"] == 0.0
+    for _ in range(len(ev.space.groups) - 1):
+        env.decide(np.array([0.5]))
+    assert ev.budget.holds(ev.space.costs(env.policy), ev.space.dense_costs)
