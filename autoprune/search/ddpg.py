@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
@@ -119,6 +120,37 @@ class _AMCDDPG(DDPG):
     noise_rng: np.random.Generator
     sigmas: np.ndarray  # exploration sigma of each lockstep episode; NaN: a warm-up episode (uniform actions)
 
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        """SB3's TD3 update specialised to DDPG (one critic, no target-policy noise, no policy delay),
+        with the same maths, and cheaper: an episode that re-proposes an evaluated policy costs its
+        training and nothing else, so the update is most of a DDPG search's overhead. The actor's loss
+        needs dQ/d(action), not the critic's weight gradients; one foreach lerp updates all targets."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+        online: list[torch.Tensor] = [*self.critic.parameters(), *self.actor.parameters()]
+        targets: list[torch.Tensor] = [*self.critic_target.parameters(), *self.actor_target.parameters()]
+        for _ in range(gradient_steps):
+            self._n_updates += 1
+            batch = self.replay_buffer.sample(batch_size)  # type: ignore[union-attr]
+            with torch.no_grad():
+                next_actions = self.actor_target(batch.next_observations).clamp(-1, 1)
+                next_q = self.critic_target.q1_forward(batch.next_observations, next_actions)
+                target_q = batch.rewards + (1 - batch.dones) * self.gamma * next_q
+            critic_loss = F.mse_loss(self.critic.q1_forward(batch.observations, batch.actions), target_q)
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self.critic.optimizer.step()
+
+            self.critic.requires_grad_(False)
+            actor_loss = -self.critic.q1_forward(batch.observations, self.actor(batch.observations)).mean()
+            self.actor.optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor.optimizer.step()
+            self.critic.requires_grad_(True)
+            with torch.no_grad():
+                torch._foreach_lerp_(targets, online, self.tau)  # Polyak: target += tau * (online - target)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
     def _update_learning_rate(self, optimizers: Any) -> None:
         for group in self.actor.optimizer.param_groups:
             group["lr"] = self.actor_lr
@@ -169,7 +201,9 @@ class DDPGSearcher(Searcher):
             "MlpPolicy", self._lockstep(parallel_episodes), learning_rate=actor_lr,
             buffer_size=buffer_episodes * steps, learning_starts=warmup * steps, batch_size=batch_size, tau=tau,
             gamma=discount, train_freq=(steps, "step"), gradient_steps=-1, replay_buffer_class=EpisodeRewardBuffer,
-            policy_kwargs={"net_arch": {"pi": [hidden, hidden], "qf": [hidden, hidden]}}, seed=seed, verbose=0,
+            policy_kwargs={"net_arch": {"pi": [hidden, hidden], "qf": [hidden, hidden]},
+                           "optimizer_kwargs": {"fused": True}},  # one kernel per Adam step, not one per tensor
+            seed=seed, verbose=0,
             device="cpu")
         # SB3 seeds and then draws from the *global* NumPy and torch generators (replay sampling,
         # target noise). This searcher keeps its own copies and swaps them in around its SB3 calls,
