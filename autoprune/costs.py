@@ -78,10 +78,6 @@ class _Layer:
     def _size(dim: _Dim | None, dense: int, keep: np.ndarray, units: np.ndarray) -> int:
         return dense if dim is None else dense - dim[1] * int(units[dim[0]] - keep[dim[0]])
 
-    def costs(self, keep: np.ndarray, units: np.ndarray) -> tuple[int, int]:
-        out, inp = self.sizes(keep, units)
-        return out * inp * self.macs_per_pair, out * inp * self.params_per_pair + out * self.params_per_out
-
 
 class CostModel:
     """Prices kept-unit vectors of a search space's groups (see the module docstring)."""
@@ -107,6 +103,14 @@ class CostModel:
                 layers.append(_Layer((i, 1), None, g.units, 1, 2 * tokens * tokens * g.unit_size, 0, 0))
                 self.layer_names.append(g.name + "#attention")
         self._layers = layers
+        # The same layers as columns, so that pricing a policy is a handful of numpy operations
+        # (the env's action wall and the projection price hundreds of policies per episode).
+        never = len(groups)  # index of the always-zero "removed units" entry of an unpruned dimension
+        self._out_group, self._out_step = _columns([layer.out for layer in layers], never)
+        self._in_group, self._in_step = _columns([layer.inp for layer in layers], never)
+        self._dense_out, self._dense_in, self._macs_per_pair, self._params_per_pair, self._params_per_out = (
+            np.array([getattr(layer, f) for layer in layers], dtype=np.int64)
+            for f in ("dense_out", "dense_in", "macs_per_pair", "params_per_pair", "params_per_out"))
         counted = count_costs(model, example_inputs)
         full = self.units.copy()
         macs, params = self._sum(full)
@@ -115,12 +119,11 @@ class CostModel:
         self.dense = counted
 
     def _sum(self, keep: np.ndarray) -> tuple[int, int]:
-        macs = params = 0
-        for layer in self._layers:
-            m, p = layer.costs(keep, self.units)
-            macs += m
-            params += p
-        return macs, params
+        removed = np.append(self.units - keep, 0)
+        out = self._dense_out - self._out_step * removed[self._out_group]
+        pairs = out * (self._dense_in - self._in_step * removed[self._in_group])
+        macs = int(pairs @ self._macs_per_pair)
+        return macs, int(pairs @ self._params_per_pair + out @ self._params_per_out)
 
     def layer_sizes(self, keep: np.ndarray) -> dict[str, tuple[int, int]]:
         """Kept (output, input-per-output) sizes of every priced layer when group ``i`` keeps ``keep[i]`` units."""
@@ -131,6 +134,12 @@ class CostModel:
         """Costs of the model when group ``i`` keeps ``keep[i]`` units."""
         macs, params = self._sum(np.asarray(keep, dtype=np.int64))
         return Costs(macs + self._const.macs, params + self._const.params)
+
+
+def _columns(dims: Sequence[_Dim | None], never: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group indices and indices-per-unit of some dimensions; an unpruned one points at ``never``."""
+    return (np.array([never if d is None else d[0] for d in dims], dtype=np.int64),
+            np.array([0 if d is None else d[1] for d in dims], dtype=np.int64))
 
 
 def _record_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Size, torch.Size]]:
