@@ -70,14 +70,6 @@ class _Layer:
     params_per_pair: int  # weight entries per pair: kernel area (conv), 1 (linear), 0 (norm)
     params_per_out: int  # bias / affine entries per output channel
 
-    def sizes(self, keep: np.ndarray, units: np.ndarray) -> tuple[int, int]:
-        """Kept (output, input) sizes of this layer."""
-        return self._size(self.out, self.dense_out, keep, units), self._size(self.inp, self.dense_in, keep, units)
-
-    @staticmethod
-    def _size(dim: _Dim | None, dense: int, keep: np.ndarray, units: np.ndarray) -> int:
-        return dense if dim is None else dense - dim[1] * int(units[dim[0]] - keep[dim[0]])
-
 
 class CostModel:
     """Prices kept-unit vectors of a search space's groups (see the module docstring)."""
@@ -118,17 +110,21 @@ class CostModel:
         self._const = Costs(counted.macs - macs, counted.params - params)
         self.dense = counted
 
-    def _sum(self, keep: np.ndarray) -> tuple[int, int]:
+    def _kept_sizes(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Kept output and input(-per-output) sizes of every priced layer, in layer order."""
         removed = np.append(self.units - keep, 0)
-        out = self._dense_out - self._out_step * removed[self._out_group]
-        pairs = out * (self._dense_in - self._in_step * removed[self._in_group])
-        macs = int(pairs @ self._macs_per_pair)
-        return macs, int(pairs @ self._params_per_pair + out @ self._params_per_out)
+        return (self._dense_out - self._out_step * removed[self._out_group],
+                self._dense_in - self._in_step * removed[self._in_group])
+
+    def _sum(self, keep: np.ndarray) -> tuple[int, int]:
+        out, inp = self._kept_sizes(keep)
+        pairs = out * inp
+        return int(pairs @ self._macs_per_pair), int(pairs @ self._params_per_pair + out @ self._params_per_out)
 
     def layer_sizes(self, keep: np.ndarray) -> dict[str, tuple[int, int]]:
         """Kept (output, input-per-output) sizes of every priced layer when group ``i`` keeps ``keep[i]`` units."""
-        keep = np.asarray(keep, dtype=np.int64)
-        return {n: layer.sizes(keep, self.units) for n, layer in zip(self.layer_names, self._layers, strict=True)}
+        out, inp = self._kept_sizes(np.asarray(keep, dtype=np.int64))
+        return {n: (int(o), int(i)) for n, o, i in zip(self.layer_names, out, inp, strict=True)}
 
     def costs(self, keep: np.ndarray) -> Costs:
         """Costs of the model when group ``i`` keeps ``keep[i]`` units."""
