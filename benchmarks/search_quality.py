@@ -69,7 +69,9 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
     torch.manual_seed(seed)
     train(pruned, splits.train, TrainConfig(epochs=args.finetune_epochs, max_lr=args.finetune_lr, seed=seed),
           show_progress=False)
+    assert searcher.fills_budget == _fills_now(backend)
     return {"budget": flops, "backend": backend, "seed": seed, "importance": args.importance,
+            "fills_budget": searcher.fills_budget,
             "evaluations": len(results), "steps": len(steps),
             "failed": sum(r.failed is not None for r in results), "wall_s": wall,
             "evals_per_s": len(results) / wall, "outside_forward": 1 - forward / wall,
@@ -91,7 +93,7 @@ def backfill(ledger: Path) -> None:
     torch.set_num_threads(1)
     model, splits, space = reference_setup()
     evaluators: dict[tuple[int, str], Evaluator] = {}  # one per seed: building one ranks every group's channels
-    found: dict[tuple[tuple[float, str, int, str], str], float] = {}
+    found: dict[tuple[tuple[float, str, int, str, bool], str], float] = {}
     for r in map(json.loads, ledger.read_text().splitlines()):
         for column, options in BACKFILLED.items():
             if column in r:
@@ -116,16 +118,28 @@ def _importance(row: dict) -> str:
     return row.get("importance", "l2")  # rows recorded before --importance existed used the default
 
 
+def _fills_now(backend: str) -> bool:
+    return backend != "ddpg"  # DDPG's action wall never fills (AMC); every other backend's projection does
+
+
+def _fills(row: dict) -> bool:
+    # rows recorded before the projection filled: only the uniform policy spent its whole budget
+    return row.get("fills_budget", row["backend"] == "uniform")
+
+
 def _pruner_key(row: dict) -> tuple[int, str]:
     return row["seed"], _importance(row)
 
 
-def _row_key(row: dict) -> tuple[float, str, int, str]:
-    return row["budget"], row["backend"], row["seed"], _importance(row)
+def _row_key(row: dict) -> tuple[float, str, int, str, bool]:
+    return row["budget"], row["backend"], row["seed"], _importance(row), _fills(row)
 
 
 def _label(row: dict) -> str:
-    return row["backend"] if _importance(row) == "l2" else f"{row['backend']} ({_importance(row)})"
+    notes = [_importance(row)] if _importance(row) != "l2" else []
+    if _fills(row) != _fills_now(row["backend"]):
+        notes.append("repair only")
+    return row["backend"] + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _device_name(device: str) -> str:
@@ -220,7 +234,7 @@ def main() -> None:
         write_markdown(rows, out / "search_quality.md")
         return
     todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
-            if (flops, backend, seed, args.importance) not in done]
+            if (flops, backend, seed, args.importance, _fills_now(backend)) not in done]
     todo.sort(key=lambda job: job[0] == "uniform")  # the one-evaluation baseline last: long searches start first
     # spawn: each search starts from a clean interpreter (no forked torch thread pools or CUDA state)
     context = multiprocessing.get_context("spawn")

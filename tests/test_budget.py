@@ -4,7 +4,7 @@ import torch
 from autoprune.budget import Budget, InfeasibleBudgetError, uniform_policy
 from autoprune.costs import Costs
 from autoprune.models import create_model
-from autoprune.search_spaces import SearchSpace
+from autoprune.search_spaces import Policy, SearchSpace
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,29 @@ def test_action_wall_is_tight(space):
     assert budget.holds(space.costs({**decided, name: wall, **rest}), space.dense_costs)
     if wall > 0.01:
         assert not budget.holds(space.costs({**decided, name: wall - 0.01, **rest}), space.dense_costs)
+
+
+def test_filling_spends_the_budget_a_policy_leaves_unused(space):
+    import numpy as np
+
+    from autoprune.budget import project
+
+    budget = Budget(flops=0.5)
+    limit = 0.5 * space.dense_costs.macs
+    rng = np.random.default_rng(0)
+    filled_any = 0
+    for _ in range(30):
+        policy = space.sample(rng)
+        filled = project(space, budget, policy, fill=True)
+        assert budget.holds(space.costs(filled), space.dense_costs)
+        if budget.holds(space.costs(policy), space.dense_costs):
+            filled_any += 1
+            # only moved toward the lower bounds, and the bigger model it makes is on the budget's edge
+            assert all(filled[k] <= policy[k] + 1e-12 for k in policy)
+            assert space.costs(filled).macs >= space.costs(policy).macs
+            assert space.costs(filled).macs > 0.97 * limit
+        else:
+            assert filled == project(space, budget, policy)  # over budget: the plain repair, already on the edge
+    assert filled_any > 0
+    everything = {g.name: 0.0 for g in space.groups}  # a budget the dense model meets keeps every channel
+    assert project(space, Budget(flops=1.0), space.sample(rng), fill=True) == Policy(everything)

@@ -1,6 +1,7 @@
 """The Searcher contract every backend implements.
 
-A searcher proposes policies, the shared budget projection makes them feasible, the evaluator
+A searcher proposes policies, the shared budget projection makes them feasible (and, for a
+single-objective search, spends the budget they leave unused), the evaluator
 scores them and the ledger records each exactly once. Subclasses implement :meth:`_step` (one unit
 of work: a batch of random policies, a generation, a batch of Optuna trials, a DDPG episode) and
 their extra state; everything else is here, so every backend behaves the same: seeded, always
@@ -84,6 +85,17 @@ class Searcher(ABC):
         """Run at most ``limit`` new evaluations (one unit of work) and return their results."""
 
     @property
+    def fills_budget(self) -> bool:
+        """Whether repaired policies also spend the budget they leave unused (see :func:`project`).
+        Single-objective searches want every model as large as the budget allows; a Pareto search
+        (several objectives) must keep its cheaper models."""
+        return len(self.directions) == 1
+
+    def repair(self, policy: Policy) -> Policy:
+        """The shared projection of ``policy`` onto the budget that this backend's evaluations use."""
+        return project(self.space, self.budget, policy, fill=self.fills_budget)
+
+    @property
     def done(self) -> bool:
         """True when the backend has nothing left to propose (e.g. the uniform baseline)."""
         return False
@@ -132,7 +144,7 @@ class Searcher(ABC):
         so a seeded search records the same ledger whatever the number of workers."""
         trials = list(trials) if trials is not None else [None] * len(policies)
         if repair:
-            policies = [project(self.space, self.budget, p) for p in policies]
+            policies = [self.repair(p) for p in policies]
         new: dict[tuple[int, ...], Policy] = {}
         for policy in policies:
             key = self.ledger.key(policy)

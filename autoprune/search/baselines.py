@@ -12,7 +12,8 @@ __all__ = ["RandomSearcher", "UniformSearcher"]
 
 
 class RandomSearcher(Searcher):
-    """Policies drawn uniformly within the bounds, repaired into the budget by the shared projection."""
+    """Policies drawn uniformly within the bounds, projected onto the budget by the shared projection
+    (repaired when over it, filled when under it)."""
 
     name = "random"
 

@@ -4,8 +4,8 @@ Generation 0 is random. Every later generation takes the top-k policies evaluate
 parents and makes ``n_mutation`` children by resampling each gene with probability
 ``mutation_prob`` and ``n_crossover`` children by uniform crossover of two parents, then fills the
 population with random policies. Every candidate is repaired into the budget by the shared
-projection, and one whose pruned network was already evaluated (or is already queued) is redrawn
-before it costs an evaluation.
+projection (which also spends the budget a candidate leaves unused), and one whose pruned network
+was already evaluated (or is already queued) is redrawn before it costs an evaluation.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autoprune.budget import project
 from autoprune.evaluation import Evaluator, Result
 from autoprune.search.base import LedgerLike, Searcher
 from autoprune.search_spaces import Policy
@@ -75,7 +74,7 @@ class EvolutionSearcher(Searcher):
             for attempt in range(self.max_redraws):
                 # the last try is a random policy: a crowded neighbourhood must not stall the generation
                 proposal = make() if attempt < self.max_redraws - 1 else self._random()
-                candidate = project(self.space, self.budget, proposal)
+                candidate = self.repair(proposal)
                 key = self.ledger.key(candidate)
                 if key not in seen and self.ledger.get(candidate) is None:
                     break

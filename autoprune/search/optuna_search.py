@@ -1,7 +1,8 @@
 """Optuna backends: TPE, GP, CMA-ES, QMC, random and NSGA-II (a Pareto front in one run).
 
 Trials are asked from the ledger's own study, so Optuna's record *is* the ledger. Each proposal
-is repaired into the budget by the shared projection before evaluation, and the sampler is told
+is projected onto the budget by the shared projection before evaluation (repaired when over it;
+filled when under it, except for NSGA-II's Pareto front), and the sampler is told
 the score of the repaired policy: the projection is part of the objective it models. No budget
 violation is reported through ``trial.set_constraint``: the evaluated policy never violates the
 budget, and marking over-budget *proposals* infeasible keeps TPE from learning from the repaired

@@ -166,3 +166,16 @@ def test_optuna_models_the_repaired_policy_and_flags_no_proposal_infeasible(eval
     assert all(not any("constraint" in k for k in t.system_attrs) for t in trials)
     for t in repaired:
         assert t.values == [json.loads(t.user_attrs["result"])["reward"]]
+
+
+@pytest.mark.parametrize("name", ["random", "evolution", "tpe"])
+def test_single_objective_searches_spend_the_budget_and_pareto_searches_do_not(name, evaluator):
+    # A policy under budget is filled toward the budget (a bigger model for the same price); a
+    # Pareto search keeps its cheaper policies, or it would have no front.
+    limit = evaluator.budget.flops
+    s = _searcher(name, evaluator)
+    s.run(10, show_progress=False)
+    assert s.fills_budget and min(r.flops_ratio for r in s.ledger.results) > 0.9 * limit
+    pareto = create_searcher("nsga2", evaluator=evaluator, seed=0)
+    pareto.run(10, show_progress=False)
+    assert not pareto.fills_budget and min(r.flops_ratio for r in pareto.ledger.results) < 0.9 * limit
