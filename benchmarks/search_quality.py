@@ -39,6 +39,8 @@ from autoprune.search_spaces import Policy
 from autoprune.training import TrainConfig, accuracy, train
 
 BACKEND_OPTIONS = {"ddpg": {"warmup": 100}, "tpe": {"n_startup_trials": 10}}
+REPAIRING = {"random", "evolution", "tpe"}  # the backends whose policies go through the shared projection
+FILLING = {"random", "evolution"}  # of those, the ones that fill policies under budget by default
 
 
 def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
@@ -50,8 +52,10 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
                           val_size=args.val_size, bn_batches=args.bn_batches, path="exact", seed=seed,
                           device=args.device, importance=args.importance)
     with tempfile.TemporaryDirectory() as run_dir:
-        searcher = create_searcher(backend, evaluator=evaluator, seed=seed, ledger=run_dir,
-                                   **BACKEND_OPTIONS.get(backend, {}))
+        options = dict(BACKEND_OPTIONS.get(backend, {}))
+        if args.fill_budget is not None and backend in REPAIRING:
+            options["fill_budget"] = args.fill_budget == "on"
+        searcher = create_searcher(backend, evaluator=evaluator, seed=seed, ledger=run_dir, **options)
         steps = []  # one entry per unit of work: a DDPG episode that re-proposes a cached policy adds no evaluation
         start = time.perf_counter()
         best = searcher.run(args.evaluations, show_progress=False, callback=lambda _, results: steps.append(1))
@@ -69,7 +73,7 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
     torch.manual_seed(seed)
     train(pruned, splits.train, TrainConfig(epochs=args.finetune_epochs, max_lr=args.finetune_lr, seed=seed),
           show_progress=False)
-    assert searcher.fills_budget == _fills_now(backend)
+    assert searcher.fills_budget == _fills_asked(backend, args)
     return {"budget": flops, "backend": backend, "seed": seed, "importance": args.importance,
             "fills_budget": searcher.fills_budget,
             "evaluations": len(results), "steps": len(steps),
@@ -118,13 +122,14 @@ def _importance(row: dict) -> str:
     return row.get("importance", "l2")  # rows recorded before --importance existed used the default
 
 
-def _fills_now(backend: str) -> bool:
-    return backend != "ddpg"  # DDPG's action wall never fills (AMC); every other backend's projection does
+def _fills_asked(backend: str, args: argparse.Namespace) -> bool:
+    if args.fill_budget is None or backend not in REPAIRING:
+        return backend in FILLING
+    return args.fill_budget == "on"
 
 
 def _fills(row: dict) -> bool:
-    # rows recorded before the projection filled: only the uniform policy spent its whole budget
-    return row.get("fills_budget", row["backend"] == "uniform")
+    return row.get("fills_budget", False)  # rows recorded before the projection could fill
 
 
 def _pruner_key(row: dict) -> tuple[int, str]:
@@ -137,8 +142,8 @@ def _row_key(row: dict) -> tuple[float, str, int, str, bool]:
 
 def _label(row: dict) -> str:
     notes = [_importance(row)] if _importance(row) != "l2" else []
-    if _fills(row) != _fills_now(row["backend"]):
-        notes.append("repair only")
+    if _fills(row) != (row["backend"] in FILLING):
+        notes.append("fill" if _fills(row) else "repair only")
     return row["backend"] + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -210,6 +215,9 @@ def main() -> None:
     parser.add_argument("--bn-batches", type=int, default=8)
     parser.add_argument("--importance", default="l2", choices=IMPORTANCE_NAMES,
                         help="the pruner's channel-ranking criterion (rows of other criteria are tabled apart)")
+    parser.add_argument("--fill-budget", choices=["on", "off"],
+                        help="override whether random / evolution / TPE fill policies under budget "
+                             "(default: each backend's own; other settings are tabled apart)")
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
     parser.add_argument("--finetune-lr", type=float, default=0.05)
     parser.add_argument("--device", default="cpu", help="where pruned copies are scored: cpu or cuda")
@@ -234,7 +242,7 @@ def main() -> None:
         write_markdown(rows, out / "search_quality.md")
         return
     todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
-            if (flops, backend, seed, args.importance, _fills_now(backend)) not in done]
+            if (flops, backend, seed, args.importance, _fills_asked(backend, args)) not in done]
     todo.sort(key=lambda job: job[0] == "uniform")  # the one-evaluation baseline last: long searches start first
     # spawn: each search starts from a clean interpreter (no forked torch thread pools or CUDA state)
     context = multiprocessing.get_context("spawn")

@@ -16,10 +16,11 @@ class RandomSearcher(Searcher):
     (repaired when over it, filled when under it)."""
 
     name = "random"
+    fills_budget = True
 
     def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None,
-                 batch_size: int = 1) -> None:
-        super().__init__(evaluator, seed=seed, ledger=ledger)
+                 batch_size: int = 1, fill_budget: bool | None = None) -> None:
+        super().__init__(evaluator, seed=seed, ledger=ledger, fill_budget=fill_budget)
         self.batch_size = batch_size
 
     def _step(self, limit: int) -> list[Result]:

@@ -184,7 +184,6 @@ class DDPGSearcher(Searcher):
     and scores their policies together (in parallel on Ray workers)."""
 
     name = "ddpg"
-    fills_budget = False  # AMC: the env's action wall keeps episodes within budget; the agent learns to spend it
 
     def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, warmup: int = 100,
                  actor_lr: float = 1e-4, critic_lr: float = 1e-3, tau: float = 0.01, batch_size: int = 64,

@@ -24,11 +24,12 @@ class EvolutionSearcher(Searcher):
     """Evolutionary search; one :meth:`step` evaluates (up to) one generation."""
 
     name = "evolution"
+    fills_budget = True
 
     def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, population: int = 50,
                  generations: int = 20, top_k: int = 10, mutation_prob: float = 0.1, n_mutation: int = 25,
-                 n_crossover: int = 25, max_redraws: int = 20) -> None:
-        super().__init__(evaluator, seed=seed, ledger=ledger)
+                 n_crossover: int = 25, max_redraws: int = 20, fill_budget: bool | None = None) -> None:
+        super().__init__(evaluator, seed=seed, ledger=ledger, fill_budget=fill_budget)
         if not 0 < top_k <= population or n_mutation + n_crossover > population:
             raise ValueError("evolution needs 0 < top_k <= population and n_mutation + n_crossover <= population")
         self.population, self.generations, self.top_k = population, generations, top_k

@@ -1,8 +1,8 @@
 """Optuna backends: TPE, GP, CMA-ES, QMC, random and NSGA-II (a Pareto front in one run).
 
 Trials are asked from the ledger's own study, so Optuna's record *is* the ledger. Each proposal
-is projected onto the budget by the shared projection before evaluation (repaired when over it;
-filled when under it, except for NSGA-II's Pareto front), and the sampler is told
+is repaired into the budget by the shared projection before evaluation (not filled when under
+it, unless ``fill_budget=True``: see :attr:`Searcher.fills_budget`), and the sampler is told
 the score of the repaired policy: the projection is part of the objective it models. No budget
 violation is reported through ``trial.set_constraint``: the evaluated policy never violates the
 budget, and marking over-budget *proposals* infeasible keeps TPE from learning from the repaired
@@ -62,13 +62,14 @@ class OptunaSearcher(Searcher):
     name = "optuna"
 
     def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, sampler: str = "tpe",
-                 batch_size: int = 1, n_startup_trials: int = 10, pareto_objective: str = "flops") -> None:
+                 batch_size: int = 1, n_startup_trials: int = 10, pareto_objective: str = "flops",
+                 fill_budget: bool | None = None) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown Optuna sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
         if pareto_objective not in ("flops", "latency"):
             raise ValueError("pareto_objective must be 'flops' or 'latency'")
         self.sampler_name, self.pareto_objective = sampler, pareto_objective
-        super().__init__(evaluator, seed=seed, ledger=ledger)
+        super().__init__(evaluator, seed=seed, ledger=ledger, fill_budget=fill_budget)
         self.batch_size = batch_size
         self.sampler = make_sampler(sampler, seed, n_startup_trials, batch_size)
         self.ledger.study.sampler = self.sampler

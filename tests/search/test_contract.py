@@ -168,14 +168,17 @@ def test_optuna_models_the_repaired_policy_and_flags_no_proposal_infeasible(eval
         assert t.values == [json.loads(t.user_attrs["result"])["reward"]]
 
 
-@pytest.mark.parametrize("name", ["random", "evolution", "tpe"])
-def test_single_objective_searches_spend_the_budget_and_pareto_searches_do_not(name, evaluator):
-    # A policy under budget is filled toward the budget (a bigger model for the same price); a
-    # Pareto search keeps its cheaper policies, or it would have no front.
+@pytest.mark.parametrize(("name", "options"), [("random", {}), ("evolution", {}), ("tpe", {"fill_budget": True})])
+def test_filling_searches_spend_the_budget_and_the_others_do_not(name, options, evaluator):
+    # A policy under budget is filled toward the budget (a bigger model for the same price) by the
+    # backends that fill; TPE does not by default, and a Pareto search must keep its cheaper policies.
     limit = evaluator.budget.flops
-    s = _searcher(name, evaluator)
+    s = create_searcher(name, evaluator=evaluator, seed=0, **{**BACKENDS[name], **options})
     s.run(10, show_progress=False)
     assert s.fills_budget and min(r.flops_ratio for r in s.ledger.results) > 0.9 * limit
-    pareto = create_searcher("nsga2", evaluator=evaluator, seed=0)
-    pareto.run(10, show_progress=False)
-    assert not pareto.fills_budget and min(r.flops_ratio for r in pareto.ledger.results) < 0.9 * limit
+    for plain in ("tpe", "nsga2"):
+        other = create_searcher(plain, evaluator=evaluator, seed=0)
+        other.run(10, show_progress=False)
+        assert not other.fills_budget and min(r.flops_ratio for r in other.ledger.results) < 0.9 * limit
+    with pytest.raises(ValueError, match="Pareto front"):
+        create_searcher("nsga2", evaluator=evaluator, fill_budget=True)
