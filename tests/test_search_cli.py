@@ -180,12 +180,43 @@ def test_parallel_workers_on_ray_record_the_same_search(backend, options, tmp_pa
     assert [(r.policy, r.accuracy) for r in one] == [(r.policy, r.accuracy) for r in two]
 
 
+LATENCY_SMOKE = {**SMOKE, "budget": {"latency": 0.9}, "latency": {"runtime": "torch"},
+                 "search": {"backend": "random", "evaluations": 4}}
+
+
 def test_a_latency_budget_is_checked_by_measuring_the_shipped_model(tmp_path):
-    config = _write(tmp_path, {**SMOKE, "budget": {"latency": 0.9}, "latency": {"runtime": "torch"},
-                               "search": {"backend": "random", "evaluations": 4}})
-    assert cli.main(["search", config, "--run-dir", str(tmp_path / "run"), "--quiet", "--no-report"]) == 0
+    # Wall-clock ratios move with the machine's load, so this asserts that the verdict follows
+    # the measurement, not that this machine measured under 90%; the order of checks is below.
+    code = cli.main(["search", _write(tmp_path, LATENCY_SMOKE), "--run-dir", str(tmp_path / "run"),
+                     "--quiet", "--no-report"])
     summary = json.loads((tmp_path / "run" / "result.json").read_text())
     measured = summary["measured_latency"]
     assert 1 <= len(measured["checked"]) <= 4 and measured["runtime"] == "torch"
-    assert measured["within_budget"] and measured["ratio"] <= 0.9 and summary["meets_budget"]
-    assert summary["best"]["reward"] == measured["reward"]  # the shipped policy is the one measured
+    assert 0 < measured["ratio"] < 2 and measured["within_budget"] == (measured["ratio"] <= 0.9)
+    assert summary["meets_budget"] == measured["within_budget"] and code == (0 if measured["within_budget"] else 1)
+    if measured["within_budget"]:
+        assert summary["best"]["reward"] == measured["reward"]  # the shipped policy is the one measured
+
+
+@pytest.mark.parametrize("ratios, shipped, within", [([0.95, 0.85, 0.80], 1, True), ([0.95] * 4, 0, False)])
+def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_path, monkeypatch, ratios, shipped,
+                                                                           within):
+    import autoprune.latency
+
+    pending, real = iter(ratios), autoprune.latency.measure
+
+    def measure(runners, **options):  # the latency table is profiled for real; the final checks are scripted
+        return {"dense": 1.0, "pruned": next(pending)} if set(runners) == {"dense", "pruned"} else real(runners, **options)
+
+    monkeypatch.setattr(autoprune.latency, "measure", measure)
+    assert cli.main(["search", _write(tmp_path, LATENCY_SMOKE), "--run-dir", str(tmp_path / "run"),
+                     "--quiet", "--no-report"]) == (0 if within else 1)  # a missed budget fails the command
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    measured = summary["measured_latency"]
+    assert [c["ratio"] for c in measured["checked"]] == (ratios[:shipped + 1] if within else ratios)
+    rewards = [c["reward"] for c in measured["checked"]]
+    assert rewards == sorted(rewards, reverse=True)  # checked best reward first
+    assert measured["within_budget"] is within and summary["meets_budget"] is within
+    assert summary["best"]["reward"] == rewards[shipped]  # the first that fits, else the best as searched
+
+
