@@ -206,7 +206,9 @@ def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_pa
     pending, real = iter(ratios), autoprune.latency.measure
 
     def measure(runners, **options):  # the latency table is profiled for real; the final checks are scripted
-        return {"dense": 1.0, "pruned": next(pending)} if set(runners) == {"dense", "pruned"} else real(runners, **options)
+        if set(runners) == {"dense", "pruned"}:
+            return {"dense": 1.0, "pruned": next(pending)}
+        return real(runners, **options)
 
     monkeypatch.setattr(autoprune.latency, "measure", measure)
     assert cli.main(["search", _write(tmp_path, LATENCY_SMOKE), "--run-dir", str(tmp_path / "run"),
