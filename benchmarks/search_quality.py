@@ -40,6 +40,7 @@ from autoprune.training import TrainConfig, accuracy, train
 
 BACKEND_OPTIONS = {"ddpg": {"warmup": 100}, "tpe": {"n_startup_trials": 10}}
 REPAIRING = {"random", "evolution", "tpe"}  # the backends whose policies go through the shared projection
+DEFAULT_VAL_SIZE = 2000
 FILLING = {"random", "evolution"}  # of those, the ones that fill policies under budget by default
 
 
@@ -75,7 +76,7 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
           show_progress=False)
     assert searcher.fills_budget == _fills_asked(backend, args)
     return {"budget": flops, "backend": backend, "seed": seed, "importance": args.importance,
-            "fills_budget": searcher.fills_budget,
+            "fills_budget": searcher.fills_budget, "val_size": len(evaluator.val),
             "evaluations": len(results), "steps": len(steps),
             "failed": sum(r.failed is not None for r in results), "wall_s": wall,
             "evals_per_s": len(results) / wall, "outside_forward": 1 - forward / wall,
@@ -97,7 +98,7 @@ def backfill(ledger: Path) -> None:
     torch.set_num_threads(1)
     model, splits, space = reference_setup()
     evaluators: dict[tuple[int, str], Evaluator] = {}  # one per seed: building one ranks every group's channels
-    found: dict[tuple[tuple[float, str, int, str, bool], str], float] = {}
+    found: dict[tuple[tuple[float, str, int, str, bool, int], str], float] = {}
     for r in map(json.loads, ledger.read_text().splitlines()):
         for column, options in BACKFILLED.items():
             if column in r:
@@ -132,18 +133,24 @@ def _fills(row: dict) -> bool:
     return row.get("fills_budget", False)  # rows recorded before the projection could fill
 
 
+def _val_size(row: dict) -> int:
+    return row.get("val_size", DEFAULT_VAL_SIZE)  # rows recorded before it was recorded used the default
+
+
 def _pruner_key(row: dict) -> tuple[int, str]:
     return row["seed"], _importance(row)
 
 
-def _row_key(row: dict) -> tuple[float, str, int, str, bool]:
-    return row["budget"], row["backend"], row["seed"], _importance(row), _fills(row)
+def _row_key(row: dict) -> tuple[float, str, int, str, bool, int]:
+    return row["budget"], row["backend"], row["seed"], _importance(row), _fills(row), _val_size(row)
 
 
 def _label(row: dict) -> str:
     notes = [_importance(row)] if _importance(row) != "l2" else []
     if _fills(row) != (row["backend"] in FILLING):
         notes.append("fill" if _fills(row) else "repair only")
+    if _val_size(row) != DEFAULT_VAL_SIZE:
+        notes.append(f"val {_val_size(row):,}")
     return row["backend"] + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -211,7 +218,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3])
     parser.add_argument("--evaluations", type=int, default=300)
-    parser.add_argument("--val-size", type=int, default=2000)
+    parser.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE,
+                        help="validation images scored per evaluation (other sizes are tabled apart)")
     parser.add_argument("--bn-batches", type=int, default=8)
     parser.add_argument("--importance", default="l2", choices=IMPORTANCE_NAMES,
                         help="the pruner's channel-ranking criterion (rows of other criteria are tabled apart)")
@@ -242,7 +250,7 @@ def main() -> None:
         write_markdown(rows, out / "search_quality.md")
         return
     todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
-            if (flops, backend, seed, args.importance, _fills_asked(backend, args)) not in done]
+            if (flops, backend, seed, args.importance, _fills_asked(backend, args), args.val_size) not in done]
     todo.sort(key=lambda job: job[0] == "uniform")  # the one-evaluation baseline last: long searches start first
     # spawn: each search starts from a clean interpreter (no forked torch thread pools or CUDA state)
     context = multiprocessing.get_context("spawn")
