@@ -40,8 +40,9 @@ from autoprune.training import TrainConfig, accuracy, train
 
 BACKEND_OPTIONS = {"ddpg": {"warmup": 100}, "tpe": {"n_startup_trials": 10}}
 REPAIRING = {"random", "evolution", "tpe"}  # the backends whose policies go through the shared projection
-DEFAULT_VAL_SIZE = 2000
 FILLING = {"random", "evolution"}  # of those, the ones that fill policies under budget by default
+DEFAULT_VAL_SIZE = 2000
+RowKey = tuple[float, str, int, str, bool, int]  # budget, backend, seed, criterion, fills, validation size
 
 
 def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
@@ -52,6 +53,9 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
     evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
                           val_size=args.val_size, bn_batches=args.bn_batches, path="exact", seed=seed,
                           device=args.device, importance=args.importance)
+    if len(evaluator.val) < args.val_size:  # the Evaluator takes what there is; the row must say what was asked
+        raise SystemExit(f"--val-size {args.val_size}: the validation split holds only {len(evaluator.val)} "
+                         "images; ask for at most that")
     with tempfile.TemporaryDirectory() as run_dir:
         options = dict(BACKEND_OPTIONS.get(backend, {}))
         if args.fill_budget is not None and backend in REPAIRING:
@@ -98,7 +102,7 @@ def backfill(ledger: Path) -> None:
     torch.set_num_threads(1)
     model, splits, space = reference_setup()
     evaluators: dict[tuple[int, str], Evaluator] = {}  # one per seed: building one ranks every group's channels
-    found: dict[tuple[tuple[float, str, int, str, bool, int], str], float] = {}
+    found: dict[tuple[RowKey, str], float] = {}
     for r in map(json.loads, ledger.read_text().splitlines()):
         for column, options in BACKFILLED.items():
             if column in r:
@@ -141,7 +145,7 @@ def _pruner_key(row: dict) -> tuple[int, str]:
     return row["seed"], _importance(row)
 
 
-def _row_key(row: dict) -> tuple[float, str, int, str, bool, int]:
+def _row_key(row: dict) -> RowKey:
     return row["budget"], row["backend"], row["seed"], _importance(row), _fills(row), _val_size(row)
 
 
