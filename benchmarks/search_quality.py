@@ -42,7 +42,9 @@ BACKEND_OPTIONS = {"ddpg": {"warmup": 100}, "tpe": {"n_startup_trials": 10}}
 REPAIRING = {"random", "evolution", "tpe"}  # the backends whose policies go through the shared projection
 FILLING = {"random", "evolution"}  # of those, the ones that fill policies under budget by default
 DEFAULT_VAL_SIZE = 2000
-RowKey = tuple[float, str, int, str, bool, int]  # budget, backend, seed, criterion, fills, validation size
+DEFAULT_BN_BATCHES = 8
+# budget, backend, seed, criterion, fills, validation size, BatchNorm batches
+RowKey = tuple[float, str, int, str, bool, int, int]
 
 
 def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
@@ -80,7 +82,7 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
           show_progress=False)
     assert searcher.fills_budget == _fills_asked(backend, args)
     return {"budget": flops, "backend": backend, "seed": seed, "importance": args.importance,
-            "fills_budget": searcher.fills_budget, "val_size": len(evaluator.val),
+            "fills_budget": searcher.fills_budget, "val_size": len(evaluator.val), "bn_batches": args.bn_batches,
             "evaluations": len(results), "steps": len(steps),
             "failed": sum(r.failed is not None for r in results), "wall_s": wall,
             "evals_per_s": len(results) / wall, "outside_forward": 1 - forward / wall,
@@ -141,12 +143,17 @@ def _val_size(row: dict) -> int:
     return row.get("val_size", DEFAULT_VAL_SIZE)  # rows recorded before it was recorded used the default
 
 
+def _bn_batches(row: dict) -> int:
+    return row.get("bn_batches", DEFAULT_BN_BATCHES)  # likewise
+
+
 def _pruner_key(row: dict) -> tuple[int, str]:
     return row["seed"], _importance(row)
 
 
 def _row_key(row: dict) -> RowKey:
-    return row["budget"], row["backend"], row["seed"], _importance(row), _fills(row), _val_size(row)
+    return (row["budget"], row["backend"], row["seed"], _importance(row), _fills(row), _val_size(row),
+            _bn_batches(row))
 
 
 def _label(row: dict) -> str:
@@ -155,6 +162,8 @@ def _label(row: dict) -> str:
         notes.append("fill" if _fills(row) else "repair only")
     if _val_size(row) != DEFAULT_VAL_SIZE:
         notes.append(f"val {_val_size(row):,}")
+    if _bn_batches(row) != DEFAULT_BN_BATCHES:
+        notes.append(f"BN {_bn_batches(row)} batches")
     return row["backend"] + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -224,7 +233,9 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=300)
     parser.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE,
                         help="validation images scored per evaluation (other sizes are tabled apart)")
-    parser.add_argument("--bn-batches", type=int, default=8)
+    parser.add_argument("--bn-batches", type=int, default=DEFAULT_BN_BATCHES,
+                        help="batches of 64 TRAIN images that re-estimate BatchNorm per evaluation "
+                             "(other counts are tabled apart)")
     parser.add_argument("--importance", default="l2", choices=IMPORTANCE_NAMES,
                         help="the pruner's channel-ranking criterion (rows of other criteria are tabled apart)")
     parser.add_argument("--fill-budget", choices=["on", "off"],
@@ -254,7 +265,8 @@ def main() -> None:
         write_markdown(rows, out / "search_quality.md")
         return
     todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
-            if (flops, backend, seed, args.importance, _fills_asked(backend, args), args.val_size) not in done]
+            if (flops, backend, seed, args.importance, _fills_asked(backend, args), args.val_size,
+                args.bn_batches) not in done]
     todo.sort(key=lambda job: job[0] == "uniform")  # the one-evaluation baseline last: long searches start first
     # spawn: each search starts from a clean interpreter (no forked torch thread pools or CUDA state)
     context = multiprocessing.get_context("spawn")
