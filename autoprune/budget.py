@@ -11,7 +11,7 @@ means the returned model meets it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autoprune.costs import Costs
 from autoprune.search_spaces import Policy, SearchSpace
@@ -76,6 +76,19 @@ class Budget:
         if self.latency_ms is not None:
             parts.append(f"latency <= {self.latency_ms:g} ms")
         return ", ".join(parts) or "unconstrained"
+
+    def with_latency_margin(self, margin: float) -> Budget:
+        """The same budget with its latency limit lowered by ``margin`` (a fraction of the limit).
+
+        A search aims under the limit by this much because the latency table predicts whole-model
+        latency within a few percent, not exactly; the shipped model is still measured against
+        the limit itself.
+        """
+        if not 0 <= margin < 1:
+            raise ValueError(f"latency margin {margin} must be in [0, 1)")
+        shrink = 1 - margin
+        return replace(self, latency=None if self.latency is None else self.latency * shrink,
+                       latency_ms=None if self.latency_ms is None else self.latency_ms * shrink)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, float]) -> Budget:

@@ -111,6 +111,9 @@ def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
         print(f"measured latency ({m['runtime']}): {m['pruned_ms']:.3f} ms = {m['ratio']:.1%} of dense "
               f"({m['dense_ms']:.3f} ms); {'within' if m['within_budget'] else 'NOT within'} the latency budget "
               f"after measuring {len(m['checked'])} candidate(s)")
+        if not m["within_budget"]:
+            print("the latency table predicted these candidates within the limit; search further under it with "
+                  "--set latency.margin=0.05 (5%)")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -71,6 +71,9 @@ class BudgetConfig(_Section):
 class LatencyConfig(_Section):
     runtime: Literal["torch", "onnxruntime"] = "torch"
     batch: int = Field(default=1, ge=1)
+    # the search aims this fraction under a latency limit: the table's predictions are a few percent
+    # off (benchmarks/results/latency.md); the shipped model is measured against the limit itself
+    margin: float = Field(default=0.0, ge=0, lt=1)
 
 
 class SearchConfig(_Section):

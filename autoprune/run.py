@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.budget import Budget, check_feasible
+from autoprune.budget import Budget, InfeasibleBudgetError, check_feasible
 from autoprune.config import Config, ConfigError, import_object, load_config
 from autoprune.data import Splits, load_dataset
 from autoprune.evaluation import Evaluator, Result
@@ -51,11 +51,16 @@ def _load_data(config: Config) -> Splits:
                         seed=config.data.split_seed)
 
 
+def _budget(config: Config) -> Budget:
+    """The budget the user asked for (the search may aim under its latency limit: ``latency.margin``)."""
+    return Budget(**config.budget.model_dump())
+
+
 def _space(config: Config, model: nn.Module, splits: Splits) -> SearchSpace:
     """The config's search space, priced in latency when its budget needs it (the table is cached on disk)."""
     space = SearchSpace.from_model(model, splits.example_inputs(), ignored_layers=config.pruner.ignored_layers,
                                    bounds=config.pruner.bounds, round_to=config.pruner.round_to)
-    if Budget(**config.budget.model_dump()).needs_latency:
+    if _budget(config).needs_latency:
         from autoprune.latency import LatencyTable
 
         space.attach_latency(LatencyTable.build(model, space, runtime=config.latency.runtime,
@@ -96,7 +101,7 @@ def _load_model(config: Config, splits: Splits, run_dir: Path, show_progress: bo
                           "set model.checkpoint, or model.train_epochs to train one first")
     torch.manual_seed(config.seed)
     model = create_model(config.model.name, in_channels=c, num_classes=splits.num_classes, image_size=size)
-    budget = Budget(**config.budget.model_dump())
+    budget = _budget(config)
     if not budget.needs_latency:  # costs do not depend on weights: refuse an impossible budget before training
         check_feasible(_space(config, model, splits), budget)
     train(model, splits.train, TrainConfig(epochs=config.model.train_epochs, seed=config.seed,
@@ -110,8 +115,14 @@ def _build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher
     splits = _load_data(config)
     model, spec = _load_model(config, splits, run_dir, show_progress)
     space = _space(config, model, splits)
-    budget = Budget(**config.budget.model_dump())
-    check_feasible(space, budget)
+    budget = _budget(config).with_latency_margin(config.latency.margin)
+    try:
+        check_feasible(space, budget)
+    except InfeasibleBudgetError as e:
+        if budget == _budget(config):
+            raise
+        raise InfeasibleBudgetError(f"{e} or lower latency.margin ({config.latency.margin:g}), which lowers the "
+                                    "search's latency limit") from None
     ev = config.evaluation
     if ev.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"evaluation.device: {ev.device} asked for, but torch sees no CUDA device; use cpu")
@@ -190,9 +201,9 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
     best = searcher.best
     if best is None:
         raise RuntimeError("no evaluation completed within budget; see the failures in the ledger")
-    evaluator = searcher.evaluator
+    evaluator, budget = searcher.evaluator, _budget(config)
     measured = None
-    if evaluator.budget.needs_latency:  # the table predicts; the shipped model must meet it when measured
+    if budget.needs_latency:  # the table predicts; the shipped model must meet it when measured
         best, measured = _measured_within_latency(searcher, config, splits)
     pruned = evaluator.release(best.policy, reconstruct=config.pruner.reconstruct)
     counted = count_costs(pruned, splits.example_inputs())
@@ -200,13 +211,13 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
     (run_dir / "best_policy.json").write_text(best.policy.to_json(indent=2))
     save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(best.policy), spec)
     summary = {"backend": config.search.backend, "evaluations": len(searcher.ledger),
-               "search_seconds": seconds, "budget": str(evaluator.budget),
+               "search_seconds": seconds, "budget": str(budget), "search_budget": str(evaluator.budget),
                "dense": {"flops": dense.macs, "params": dense.params, "val_accuracy": evaluator.dense_accuracy(),
                          "test_accuracy": accuracy(evaluator.model, splits.test)},
                "pruned": {"flops": counted.macs, "params": counted.params, "val_accuracy": best.accuracy,
                           "test_accuracy": accuracy(pruned, splits.test), "latency": best.latency},
                # counted FLOPs/params of the physically pruned model; latency as the table predicts it
-               "meets_budget": evaluator.budget.holds(replace(counted, latency=best.latency), dense)
+               "meets_budget": budget.holds(replace(counted, latency=best.latency), dense)
                and (measured is None or measured["within_budget"]),
                "measured_latency": measured, "reconstructed": config.pruner.reconstruct, "best": best.to_dict(),
                "done": True}
@@ -277,7 +288,7 @@ def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
     """
     from autoprune.latency import make_runner, measure
 
-    evaluator, budget = searcher.evaluator, searcher.budget
+    evaluator, budget = searcher.evaluator, _budget(config)  # the limit itself, not the search's margin
     x = splits.example_inputs(config.latency.batch)
     runtime = config.latency.runtime
     dense_runner = make_runner(evaluator.model, x, runtime)

@@ -42,6 +42,14 @@ def test_bad_budget_values():
         Budget.from_mapping({"latency_us": 3})
 
 
+def test_a_latency_margin_lowers_only_the_latency_limit():
+    assert Budget(flops=0.5, latency=0.8).with_latency_margin(0.5) == Budget(flops=0.5, latency=0.4)
+    assert Budget(latency_ms=2.0).with_latency_margin(0.25) == Budget(latency_ms=1.5)
+    assert Budget(params=0.5).with_latency_margin(0.3) == Budget(params=0.5)
+    with pytest.raises(ValueError, match="margin"):
+        Budget(latency=0.8).with_latency_margin(1.0)
+
+
 def test_projection_makes_policies_feasible_and_keeps_feasible_ones(space):
     import numpy as np
 

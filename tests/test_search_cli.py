@@ -199,20 +199,12 @@ def test_a_latency_budget_is_checked_by_measuring_the_shipped_model(tmp_path):
 
 
 @pytest.mark.parametrize("ratios, shipped, within", [([0.95, 0.85, 0.80], 1, True), ([0.95] * 4, 0, False)])
-def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_path, monkeypatch, ratios, shipped,
-                                                                           within):
-    import autoprune.latency
-
-    pending, real = iter(ratios), autoprune.latency.measure
-
-    def measure(runners, **options):  # the latency table is profiled for real; the final checks are scripted
-        if set(runners) == {"dense", "pruned"}:
-            return {"dense": 1.0, "pruned": next(pending)}
-        return real(runners, **options)
-
-    monkeypatch.setattr(autoprune.latency, "measure", measure)
+def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_path, monkeypatch, capsys, ratios,
+                                                                           shipped, within):
+    _script_measured_latency(monkeypatch, ratios)
     assert cli.main(["search", _write(tmp_path, LATENCY_SMOKE), "--run-dir", str(tmp_path / "run"),
                      "--quiet", "--no-report"]) == (0 if within else 1)  # a missed budget fails the command
+    assert ("--set latency.margin=" in capsys.readouterr().out) is not within  # the way out is named
     summary = json.loads((tmp_path / "run" / "result.json").read_text())
     measured = summary["measured_latency"]
     assert [c["ratio"] for c in measured["checked"]] == (ratios[:shipped + 1] if within else ratios)
@@ -222,3 +214,28 @@ def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_pa
     assert summary["best"]["reward"] == rewards[shipped]  # the first that fits, else the best as searched
 
 
+def test_a_latency_margin_aims_the_search_under_the_limit_that_the_shipped_model_is_measured_against(
+        tmp_path, monkeypatch):
+    _script_measured_latency(monkeypatch, [0.85])  # over the search's 0.81 but within the 0.9 asked for
+    config = {**LATENCY_SMOKE, "latency": {"runtime": "torch", "margin": 0.1}}
+    assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(tmp_path / "run"), "--quiet",
+                     "--no-report"]) == 0
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert summary["budget"] == "latency <= 0.9 x dense" and summary["search_budget"] == "latency <= 0.81 x dense"
+    checked = summary["measured_latency"]["checked"]
+    assert len(checked) == 1 and checked[0]["predicted_ratio"] <= 0.81 + 1e-9
+    assert summary["measured_latency"]["within_budget"] and summary["meets_budget"]
+
+
+def _script_measured_latency(monkeypatch, ratios):
+    """The latency table is profiled for real; the shipped candidates' checks measure ``ratios`` in turn."""
+    import autoprune.latency
+
+    pending, real = iter(ratios), autoprune.latency.measure
+
+    def measure(runners, **options):
+        if set(runners) == {"dense", "pruned"}:
+            return {"dense": 1.0, "pruned": next(pending)}
+        return real(runners, **options)
+
+    monkeypatch.setattr(autoprune.latency, "measure", measure)
