@@ -245,6 +245,9 @@ def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
                         f"{e['latency_ms']:.3f} ms ({html.escape(e['runtime'])})"] for fmt, e in export.items()]
         export_html = "<h2>Exported models</h2>" + _table(["format", "file", "max |difference| vs torch",
                                                             "measured latency"], export_rows)
+    search_budget = s.get("search_budget", s["budget"])  # runs from before latency.margin have none
+    margin_note = (f" The search aimed under <b>{html.escape(search_budget)}</b> (latency.margin)."
+                   if search_budget != s["budget"] else "")
     config_yaml = (run.run_dir / "config.yaml").read_text()
     title = html.escape(run.run_dir.name)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autoprune report: {title}</title>
@@ -254,7 +257,7 @@ def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
 <b>{html.escape(run.config.data.name)}</b> · backend <b>{html.escape(s['backend'])}</b> ·
 {s['evaluations']} evaluations ({failed} failed) in {s['search_seconds']:.0f} s · generated
 {time.strftime('%Y-%m-%d %H:%M')}</p>
-<p>Budget <b>{html.escape(s['budget'])}</b>: {verdict} by the physically pruned model's counted costs.</p>
+<p>Budget <b>{html.escape(s['budget'])}</b>: {verdict} by the physically pruned model's counted costs.{margin_note}</p>
 <h2>Dense vs pruned</h2>
 {_table(["", "dense", "pruned", "pruned / dense"], _summary_rows(run, latency, finetune))}
 {_slower_warning(latency)}
