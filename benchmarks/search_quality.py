@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from reference import reference_setup  # benchmarks/reference.py: run as python benchmarks/<name>.py
@@ -41,16 +42,17 @@ from autoprune.training import TrainConfig, accuracy, train
 BACKEND_OPTIONS = {"ddpg": {"warmup": 100}, "tpe": {"n_startup_trials": 10}}
 REPAIRING = {"random", "evolution", "tpe"}  # the backends whose policies go through the shared projection
 FILLING = {"random", "evolution"}  # of those, the ones that fill policies under budget by default
-DEFAULT_VAL_SIZE = 2000
-DEFAULT_BN_BATCHES = 8
-# budget, backend, seed, criterion, fills, validation size, BatchNorm batches
-RowKey = tuple[float, str, int, str, bool, int, int]
+# The settings a row was searched under, with the defaults that rows recorded before a setting existed used.
+# Rows with other values are tabled apart, labelled by how they differ.
+SETTINGS = {"importance": "l2", "val_size": 2000, "bn_batches": 8, "max_ratio": 0.8}
+# budget, backend, seed, fills, then the SETTINGS values in order
+RowKey = tuple
 
 
 def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
     """One search and the test-split measurements of its best policy (runs in its own process)."""
     torch.set_num_threads(1)
-    model, splits, space = reference_setup()
+    model, splits, space = reference_setup(args.max_ratio)
     budget = Budget(flops=flops)
     evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
                           val_size=args.val_size, bn_batches=args.bn_batches, path="exact", seed=seed,
@@ -81,8 +83,8 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
     train(pruned, splits.train, TrainConfig(epochs=args.finetune_epochs, max_lr=args.finetune_lr, seed=seed),
           show_progress=False)
     assert searcher.fills_budget == _fills_asked(backend, args)
-    return {"budget": flops, "backend": backend, "seed": seed, "importance": args.importance,
-            "fills_budget": searcher.fills_budget, "val_size": len(evaluator.val), "bn_batches": args.bn_batches,
+    return {"budget": flops, "backend": backend, "seed": seed, **_settings_asked(args),
+            "fills_budget": searcher.fills_budget, "val_size": len(evaluator.val),
             "evaluations": len(results), "steps": len(steps),
             "failed": sum(r.failed is not None for r in results), "wall_s": wall,
             "evals_per_s": len(results) / wall, "outside_forward": 1 - forward / wall,
@@ -100,19 +102,20 @@ BACKFILLED = {"best_test_release": {"reconstruct": False}, "best_test_reconstruc
 
 def backfill(ledger: Path) -> None:
     """Measure the release-BN and reconstructed test accuracies of rows recorded before they were
-    measured (same policy, seed and criterion, so the same models ``run_one`` would measure)."""
+    measured (same policy, seed, criterion and bounds, so the same models ``run_one`` would measure)."""
     torch.set_num_threads(1)
-    model, splits, space = reference_setup()
-    evaluators: dict[tuple[int, str], Evaluator] = {}  # one per seed: building one ranks every group's channels
+    model, splits, _ = reference_setup()
+    evaluators: dict[tuple[int, str, float], Evaluator] = {}  # building one ranks every group's channels
     found: dict[tuple[RowKey, str], float] = {}
     for r in map(json.loads, ledger.read_text().splitlines()):
         for column, options in BACKFILLED.items():
             if column in r:
                 continue
             if _pruner_key(r) not in evaluators:
+                space = reference_setup(_setting(r, "max_ratio"))[2]
                 evaluators[_pruner_key(r)] = Evaluator(model, space, train_data=splits.train, val_data=splits.val,
                                                        val_size=1, bn_batches=0, path="exact", seed=r["seed"],
-                                                       importance=_importance(r))
+                                                       importance=_setting(r, "importance"))
             released = evaluators[_pruner_key(r)].release(Policy(r["policy"]), **options)
             found[_row_key(r), column] = accuracy(released, splits.test)
             print(f"{_row_key(r)} {column}: {found[_row_key(r), column]:.2%}", flush=True)
@@ -125,8 +128,12 @@ def backfill(ledger: Path) -> None:
     ledger.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _importance(row: dict) -> str:
-    return row.get("importance", "l2")  # rows recorded before --importance existed used the default
+def _setting(row: dict, name: str) -> Any:
+    return row.get(name, SETTINGS[name])
+
+
+def _settings_asked(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in SETTINGS}
 
 
 def _fills_asked(backend: str, args: argparse.Namespace) -> bool:
@@ -139,31 +146,24 @@ def _fills(row: dict) -> bool:
     return row.get("fills_budget", False)  # rows recorded before the projection could fill
 
 
-def _val_size(row: dict) -> int:
-    return row.get("val_size", DEFAULT_VAL_SIZE)  # rows recorded before it was recorded used the default
-
-
-def _bn_batches(row: dict) -> int:
-    return row.get("bn_batches", DEFAULT_BN_BATCHES)  # likewise
-
-
-def _pruner_key(row: dict) -> tuple[int, str]:
-    return row["seed"], _importance(row)
+def _pruner_key(row: dict) -> tuple[int, str, float]:
+    return row["seed"], _setting(row, "importance"), _setting(row, "max_ratio")
 
 
 def _row_key(row: dict) -> RowKey:
-    return (row["budget"], row["backend"], row["seed"], _importance(row), _fills(row), _val_size(row),
-            _bn_batches(row))
+    return (row["budget"], row["backend"], row["seed"], _fills(row), *(_setting(row, name) for name in SETTINGS))
 
 
 def _label(row: dict) -> str:
-    notes = [_importance(row)] if _importance(row) != "l2" else []
+    notes = [] if _setting(row, "importance") == SETTINGS["importance"] else [_setting(row, "importance")]
     if _fills(row) != (row["backend"] in FILLING):
         notes.append("fill" if _fills(row) else "repair only")
-    if _val_size(row) != DEFAULT_VAL_SIZE:
-        notes.append(f"val {_val_size(row):,}")
-    if _bn_batches(row) != DEFAULT_BN_BATCHES:
-        notes.append(f"BN {_bn_batches(row)} batches")
+    if _setting(row, "val_size") != SETTINGS["val_size"]:
+        notes.append(f"val {_setting(row, 'val_size'):,}")
+    if _setting(row, "bn_batches") != SETTINGS["bn_batches"]:
+        notes.append(f"BN {_setting(row, 'bn_batches')} batches")
+    if _setting(row, "max_ratio") != SETTINGS["max_ratio"]:
+        notes.append(f"ratios ≤ {_setting(row, 'max_ratio'):g}")
     return row["backend"] + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -231,13 +231,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3])
     parser.add_argument("--evaluations", type=int, default=300)
-    parser.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE,
+    parser.add_argument("--val-size", type=int, default=SETTINGS["val_size"],
                         help="validation images scored per evaluation (other sizes are tabled apart)")
-    parser.add_argument("--bn-batches", type=int, default=DEFAULT_BN_BATCHES,
+    parser.add_argument("--bn-batches", type=int, default=SETTINGS["bn_batches"],
                         help="batches of 64 TRAIN images that re-estimate BatchNorm per evaluation "
                              "(other counts are tabled apart)")
-    parser.add_argument("--importance", default="l2", choices=IMPORTANCE_NAMES,
+    parser.add_argument("--importance", default=SETTINGS["importance"], choices=IMPORTANCE_NAMES,
                         help="the pruner's channel-ranking criterion (rows of other criteria are tabled apart)")
+    parser.add_argument("--max-ratio", type=float, default=SETTINGS["max_ratio"],
+                        help="the most of any group a policy may prune (other bounds are tabled apart)")
     parser.add_argument("--fill-budget", choices=["on", "off"],
                         help="override whether random / evolution / TPE fill policies under budget "
                              "(default: each backend's own; other settings are tabled apart)")
@@ -265,8 +267,7 @@ def main() -> None:
         write_markdown(rows, out / "search_quality.md")
         return
     todo = [(backend, seed, flops) for flops in args.budgets for backend in args.backends for seed in args.seeds
-            if (flops, backend, seed, args.importance, _fills_asked(backend, args), args.val_size,
-                args.bn_batches) not in done]
+            if (flops, backend, seed, _fills_asked(backend, args), *_settings_asked(args).values()) not in done]
     todo.sort(key=lambda job: job[0] == "uniform")  # the one-evaluation baseline last: long searches start first
     # spawn: each search starts from a clean interpreter (no forked torch thread pools or CUDA state)
     context = multiprocessing.get_context("spawn")
