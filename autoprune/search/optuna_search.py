@@ -13,8 +13,10 @@ validation accuracy after 80 trials with the constraint, 87.9% without).
 from __future__ import annotations
 
 import base64
+import io
 import json
 import pickle
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -101,8 +103,26 @@ class OptunaSearcher(Searcher):
         return sorted(front, key=lambda r: r.accuracy or 0.0)
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"sampler": base64.b64encode(pickle.dumps(self.sampler)).decode()}
+        buffer = io.BytesIO()
+        _SamplerPickler(buffer).dump(self.sampler)
+        return {"sampler": base64.b64encode(buffer.getvalue()).decode()}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.sampler = pickle.loads(base64.b64decode(state["sampler"]))
         self.ledger.study.sampler = self.sampler
+
+
+_LOCK_TYPE = type(threading.Lock())
+
+
+class _SamplerPickler(pickle.Pickler):
+    """Pickles a sampler with each of its thread locks saved as a fresh, unlocked one.
+
+    Optuna >= 5 gives the genetic samplers (NSGA-II) a ``threading.Lock`` that guards only a
+    cache, which plain pickle refuses; the lock holds no search state, so a new one is exact.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, _LOCK_TYPE):
+            return threading.Lock, ()
+        return NotImplemented
