@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 from reference import reference_setup  # benchmarks/reference.py: run as python benchmarks/<name>.py
 
@@ -94,7 +95,8 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
             "best_test_finetuned": accuracy(pruned, splits.test), "counted_flops_ratio": counted.macs /
             space.dense_costs.macs, "meets_budget": counted.macs <= flops * space.dense_costs.macs,
             "all_feasible": all(r.feasible for r in results), "policy": best.policy.to_dict(),
-            "device": _device_name(args.device), "torch": torch.__version__}
+            "device": _device_name(args.device), "torch": torch.__version__,
+            "optuna": optuna.__version__}  # samplers change between versions; seeds replay within one
 
 
 BACKFILLED = {"best_test_release": {"reconstruct": False}, "best_test_reconstructed": {"reconstruct": True}}
