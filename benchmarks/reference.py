@@ -10,8 +10,9 @@ from autoprune.models import load_checkpoint, reference_checkpoint
 from autoprune.search_spaces import SearchSpace
 
 
-def reference_setup(max_ratio: float = 0.8) -> tuple[nn.Module, Splits, SearchSpace]:
-    """``max_ratio``: the most of any group a policy may prune (AMC's 0.8 unless a benchmark asks)."""
-    model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
+def reference_setup(max_ratio: float = 0.8, checkpoint: str | None = None) -> tuple[nn.Module, Splits, SearchSpace]:
+    """``max_ratio``: the most of any group a policy may prune (AMC's 0.8 unless a benchmark asks);
+    ``checkpoint``: another ResNet-20 / Fashion-MNIST checkpoint to start from instead of the committed one."""
+    model, meta = load_checkpoint(checkpoint or reference_checkpoint("resnet20", "fashion_mnist"))
     splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
     return model, splits, SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, max_ratio))

@@ -45,7 +45,7 @@ REPAIRING = {"random", "evolution", "tpe"}  # the backends whose policies go thr
 FILLING = {"random", "evolution"}  # of those, the ones that fill policies under budget by default
 # The settings a row was searched under, with the defaults that rows recorded before a setting existed used.
 # Rows with other values are tabled apart, labelled by how they differ.
-SETTINGS = {"importance": "l2", "val_size": 2000, "bn_batches": 8, "max_ratio": 0.8}
+SETTINGS = {"importance": "l2", "val_size": 2000, "bn_batches": 8, "max_ratio": 0.8, "checkpoint": None}
 # budget, backend, seed, fills, then the SETTINGS values in order
 RowKey = tuple
 
@@ -53,7 +53,7 @@ RowKey = tuple
 def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
     """One search and the test-split measurements of its best policy (runs in its own process)."""
     torch.set_num_threads(1)
-    model, splits, space = reference_setup(args.max_ratio)
+    model, splits, space = reference_setup(args.max_ratio, args.checkpoint)
     budget = Budget(flops=flops)
     evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
                           val_size=args.val_size, bn_batches=args.bn_batches, path="exact", seed=seed,
@@ -130,7 +130,7 @@ def backfill(ledger: Path) -> None:
     found: dict[tuple[RowKey, str], float] = {}
     for r in map(json.loads, ledger.read_text().splitlines()):
         for column, options in BACKFILLED.items():
-            if column in r:
+            if column in r or _setting(r, "checkpoint"):  # rows on other checkpoints were recorded complete
                 continue
             if _pruner_key(r) not in evaluators:
                 space = reference_setup(_setting(r, "max_ratio"))[2]
@@ -185,6 +185,8 @@ def _label(row: dict) -> str:
         notes.append(f"BN {_setting(row, 'bn_batches')} batches")
     if _setting(row, "max_ratio") != SETTINGS["max_ratio"]:
         notes.append(f"ratios ≤ {_setting(row, 'max_ratio'):g}")
+    if _setting(row, "checkpoint") != SETTINGS["checkpoint"]:
+        notes.append(f"model {Path(_setting(row, 'checkpoint')).stem}")
     return row["backend"] + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -261,6 +263,9 @@ def main() -> None:
                         help="the pruner's channel-ranking criterion (rows of other criteria are tabled apart)")
     parser.add_argument("--max-ratio", type=float, default=SETTINGS["max_ratio"],
                         help="the most of any group a policy may prune (other bounds are tabled apart)")
+    parser.add_argument("--checkpoint", default=SETTINGS["checkpoint"],
+                        help="another trained ResNet-20 / Fashion-MNIST checkpoint instead of the committed "
+                             "reference (rows are tabled apart)")
     parser.add_argument("--fill-budget", choices=["on", "off"],
                         help="override whether random / evolution / TPE fill policies under budget "
                              "(default: each backend's own; other settings are tabled apart)")
