@@ -215,8 +215,9 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     lines = ["# Search quality: ResNet-20 on Fashion-MNIST", "", "Commands (each row of search_quality.jsonl names "
              "its own):", "", *[f"- `{c}`" for c in commands], "",
              "Reference model: 92.53% test (rows marked *model X* start from another training of it, see "
-             "`benchmarks/results/reference_variants/README.md`). Search on adaptive-BN validation accuracy (validation images carved "
-             "from TRAIN); best policy physically pruned, FLOPs counted, test accuracy on the 10k TEST split "
+             "`benchmarks/results/reference_variants/README.md`). Search on adaptive-BN validation accuracy "
+             "(validation images carved from TRAIN); best policy physically pruned, FLOPs counted, test "
+             "accuracy on the 10k TEST split "
              "without and with fine-tuning. *Release BN*: the same pruned model with its BatchNorm statistics "
              "re-estimated on 8,192 TRAIN images instead of the search's 512. *Reconstructed*: before that, the "
              "layers that lost input channels refitted by least squares to the dense model's outputs on 512 TRAIN "
