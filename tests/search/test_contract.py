@@ -1,6 +1,7 @@
 """One contract, every backend: seeded, within budget, resumable, duplicate-free, failure-tolerant."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -135,6 +136,20 @@ def test_nsga2_returns_a_pareto_front(evaluator):
     for a in front:  # no member of the front dominates another
         assert not any(b.accuracy >= a.accuracy and b.flops_ratio < a.flops_ratio
                        or b.accuracy > a.accuracy and b.flops_ratio <= a.flops_ratio for b in front)
+
+
+def test_optuna_state_saves_a_sampler_holding_a_thread_lock(evaluator, tmp_path):
+    # Optuna >= 5's genetic samplers hold a threading.Lock, which plain pickle refuses; give one to
+    # any sampler so that this holds whichever Optuna is installed, and hold it while saving
+    s = _searcher("tpe", evaluator, ledger=tmp_path / "run")
+    s.run(4, show_progress=False)
+    s.sampler.cache_lock = threading.Lock()
+    with s.sampler.cache_lock:
+        state = s.state_dict()
+    resumed = _searcher("tpe", evaluator, ledger=tmp_path / "run")
+    resumed.load_state_dict(state)
+    assert isinstance(resumed.sampler.cache_lock, type(threading.Lock()))
+    assert not resumed.sampler.cache_lock.locked()  # a fresh lock: the saved one was held
 
 
 def test_ledger_reopens_with_every_result(evaluator, tmp_path):
