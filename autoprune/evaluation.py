@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoprune.budget import Budget
-from autoprune.pruning import Pruner
+from autoprune.pruning import Criterion, Pruner
 from autoprune.rewards import Baseline, Reward, get_reward
 from autoprune.search_spaces import Policy, SearchSpace
 from autoprune.training import TrainConfig, accuracy, model_device, train
@@ -109,7 +109,8 @@ class Evaluator:
         train_data: TRAIN split (BN recalibration and fine-tuning batches come from it).
         val_data: validation split carved from TRAIN; the first ``val_size`` examples are used.
         budget: hard limits; ``Result.feasible`` says whether a policy meets them.
-        importance: channel-ranking criterion of the pruner (see ``autoprune.pruning.IMPORTANCE_NAMES``).
+        importance: channel-ranking criterion of the pruner: a name of ``autoprune.pruning.IMPORTANCE_NAMES``
+            or a Torch-Pruning ``Importance`` object.
         val_size: validation examples scored per policy.
         bn_batches: training batches forwarded for adaptive BN (``0`` disables it).
         batch_size: batch size of BN recalibration, validation and fine-tuning.
@@ -124,7 +125,7 @@ class Evaluator:
     """
 
     def __init__(self, model: nn.Module, space: SearchSpace, *, train_data: TensorDataset, val_data: TensorDataset,
-                 budget: Budget | None = None, importance: str = "l2", val_size: int = 2000, bn_batches: int = 8,
+                 budget: Budget | None = None, importance: Criterion = "l2", val_size: int = 2000, bn_batches: int = 8,
                  batch_size: int = 64, finetune_steps: int = 0, path: str = "auto",
                  reward: str | Reward | None = None, seed: int = 0, device: str | torch.device = "cpu") -> None:
         if path not in ("auto", "exact", "mask"):

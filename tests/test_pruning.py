@@ -86,6 +86,23 @@ def test_l1_prunes_the_smallest_channels():
     assert plan[("features.0", True)] == [5]
 
 
+def test_a_torch_pruning_importance_object_is_a_criterion():
+    import torch_pruning as tp
+
+    class Strongest(tp.importance.Importance):  # a criterion of one's own: remove the LARGEST channels first
+        def __call__(self, group):
+            return -tp.importance.MagnitudeImportance(p=2)(group)
+
+    model, x, space = _setup("vgg11")
+    by_name = Pruner(model, space, importance="l2", example_inputs=x[:1]).plan(space.uniform(0.25))
+    same = Pruner(model, space, importance=tp.importance.MagnitudeImportance(p=2), example_inputs=x[:1])
+    assert same.plan(space.uniform(0.25)) == by_name
+    with torch.no_grad():
+        model.features[0].weight[5].mul_(1e3)  # channel 5 of the first conv clearly the strongest
+    strongest = Pruner(model, space, importance=Strongest(), example_inputs=x[:1])
+    assert strongest.plan({"features.0": 1 / 64})[("features.0", True)] == [5]
+
+
 def test_masks_are_restored_when_the_block_raises():
     model, x, space = _setup("resnet20")
     pruner = Pruner(model, space, example_inputs=x[:1])
