@@ -175,7 +175,8 @@ def _row_key(row: dict) -> RowKey:
     return (row["budget"], row["backend"], row["seed"], _fills(row), *(_setting(row, name) for name in SETTINGS))
 
 
-def _label(row: dict) -> str:
+def row_label(row: dict) -> str:
+    """The row's backend, with the settings it ran under where they differ from the defaults."""
     notes = [] if _setting(row, "importance") == SETTINGS["importance"] else [_setting(row, "importance")]
     if _fills(row) != (row["backend"] in FILLING):
         notes.append("fill" if _fills(row) else "repair only")
@@ -233,9 +234,9 @@ def write_markdown(rows: list[dict], path: Path) -> None:
              "| budget | backend | seeds | evals | steps | val (search) | test (no FT) | test, release BN (no FT) "
              "| test, reconstructed (no FT) | test after FT | val - test | evals/s | overhead | budget met |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["budget"], _label(r)) for r in rows}, key=lambda k: (-k[0], k[1]))
+    keys = sorted({(r["budget"], row_label(r)) for r in rows}, key=lambda k: (-k[0], k[1]))
     for budget, backend in keys:
-        rs = [r for r in rows if r["budget"] == budget and _label(r) == backend]
+        rs = [r for r in rows if r["budget"] == budget and row_label(r) == backend]
         lines.append(
             f"| {budget:.0%} FLOPs | {backend} | {len(rs)} | {_span([r['evaluations'] for r in rs])} "
             f"| {_span([r['steps'] for r in rs if 'steps' in r]) or '-'} "
