@@ -147,7 +147,7 @@ class Evaluator:
         self._baseline: Baseline | None = None
         example = x_train[:1].clone()
         calibration = (x_train[pick[:batch_size]], train_data.tensors[1][pick[:batch_size]]) if len(pick) else None
-        if importance == "taylor" and calibration is None:
+        if (importance == "taylor" or not isinstance(importance, str)) and calibration is None:
             calibration = (x_train[:batch_size], train_data.tensors[1][:batch_size])
         self.pruner = Pruner(model, space, importance=importance, example_inputs=example,
                              calibration=calibration, seed=seed)

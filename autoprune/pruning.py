@@ -230,7 +230,8 @@ class Pruner:
         scorer = _importance(self.importance) if isinstance(self.importance, str) else self.importance
         graph = _build_graph(self.model, example_inputs)
         modules = dict(self.model.named_modules())
-        if calibration is not None and self.importance == "taylor":
+        # Gradients for "taylor", and for a criterion object, which may read them (it is cheap: one batch).
+        if calibration is not None and (self.importance == "taylor" or not isinstance(self.importance, str)):
             self.model.zero_grad()
             was_training = self.model.training
             self.model.eval()
@@ -246,7 +247,11 @@ class Pruner:
                 tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(n)))
                 if g.kind == "heads":  # score the qkv rows only; the traced proj dependency is wrong
                     tp_group._group = [it for it in tp_group._group if it.dep.target.module is root]
-                scores = scorer(tp_group)
+                try:
+                    scores = scorer(tp_group)
+                except Exception as error:  # a criterion of the user's own: say which group it failed on
+                    raise ValueError(f"importance {self.importance!r} failed on group {g.name!r} "
+                                     f"({type(error).__name__}: {error})") from error
                 if scores is None:  # e.g. BN scale on a group without BatchNorm
                     raise ValueError(f"importance {self.importance!r} cannot score group {g.name!r} "
                                      "(it has no layer that criterion reads); choose another criterion")

@@ -103,6 +103,19 @@ def test_a_torch_pruning_importance_object_is_a_criterion():
     assert strongest.plan({"features.0": 1 / 64})[("features.0", True)] == [5]
 
 
+def test_a_criterion_object_gets_gradients_and_its_failure_names_the_group():
+    import torch_pruning as tp
+
+    model, x, space = _setup("resnet20")
+    calibration = (x, torch.tensor([0, 1, 2, 3]))
+    by_name = Pruner(model, space, importance="taylor", example_inputs=x[:1], calibration=calibration)
+    by_object = Pruner(model, space, importance=tp.importance.TaylorImportance(), example_inputs=x[:1],
+                       calibration=calibration)
+    assert by_object.plan(space.uniform(0.5)) == by_name.plan(space.uniform(0.5))
+    with pytest.raises(ValueError, match="failed on group 'conv1'"):  # no calibration batch: no gradients
+        Pruner(model, space, importance=tp.importance.TaylorImportance(), example_inputs=x[:1])
+
+
 def test_masks_are_restored_when_the_block_raises():
     model, x, space = _setup("resnet20")
     pruner = Pruner(model, space, example_inputs=x[:1])
