@@ -39,7 +39,7 @@ class DataConfig(_Section):
 
 
 class PrunerConfig(_Section):
-    importance: Literal["l1", "l2", "bn_scale", "taylor", "fpgm", "lamp", "random"] = "l2"
+    importance: Literal["l1", "l2", "bn_scale", "taylor", "fpgm", "lamp", "random", "energy"] = "l2"
     bounds: tuple[float, float] = (0.0, 0.8)
     round_to: int | None = Field(default=None, ge=1)
     ignored_layers: list[str] | None = None

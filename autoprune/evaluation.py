@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoprune.budget import Budget
-from autoprune.pruning import Criterion, Pruner
+from autoprune.pruning import DATA_CRITERIA, Criterion, Pruner
 from autoprune.rewards import Baseline, Reward, get_reward
 from autoprune.search_spaces import Policy, SearchSpace
 from autoprune.training import TrainConfig, accuracy, model_device, train
@@ -146,9 +146,12 @@ class Evaluator:
         self.reward_fn = get_reward(reward)
         self._baseline: Baseline | None = None
         example = x_train[:1].clone()
-        calibration = (x_train[pick[:batch_size]], train_data.tensors[1][pick[:batch_size]]) if len(pick) else None
-        if (importance == "taylor" or not isinstance(importance, str)) and calibration is None:
-            calibration = (x_train[:batch_size], train_data.tensors[1][:batch_size])
+        # "energy" reads the activations of all the BN images, "taylor" (or a criterion object) one batch's
+        # gradients; without BN recalibration they get the images it would have used by default.
+        if not len(pick) and (importance in DATA_CRITERIA or not isinstance(importance, str)):
+            pick = _bn_order(len(x_train), seed)[: 8 * batch_size]
+        used = pick if importance == "energy" else pick[:batch_size]
+        calibration = (x_train[used], train_data.tensors[1][used]) if len(used) else None
         self.pruner = Pruner(model, space, importance=importance, example_inputs=example,
                              calibration=calibration, seed=seed)
         self.device = torch.device(device)

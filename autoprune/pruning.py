@@ -35,10 +35,13 @@ from torch import nn
 from autoprune.costs import SUPPORTED_LAYERS, count_costs
 from autoprune.search_spaces import GroupMember, GroupSpec, SearchSpace
 
-__all__ = ["IMPORTANCE_NAMES", "Criterion", "Plan", "Pruner", "UnsupportedModelError", "apply_plan", "discover_groups",
-           "export_onnx", "load_pruned", "prune_shape_only", "read_plan", "save_pruned", "verify_cost_model"]
+__all__ = ["DATA_CRITERIA", "IMPORTANCE_NAMES", "Criterion", "OutputEnergyImportance", "Plan", "Pruner",
+           "UnsupportedModelError", "apply_plan", "discover_groups", "export_onnx", "load_pruned", "prune_shape_only",
+           "read_plan", "save_pruned", "verify_cost_model"]
 
-IMPORTANCE_NAMES = ("l1", "l2", "bn_scale", "taylor", "fpgm", "lamp", "random")
+IMPORTANCE_NAMES = ("l1", "l2", "bn_scale", "taylor", "fpgm", "lamp", "random", "energy")
+# criteria that read data: "taylor" a batch's loss gradients, "energy" the activations of many images
+DATA_CRITERIA = ("taylor", "energy")
 # A criterion by name, or any Torch-Pruning importance object (for a criterion of your own or another
 # setting of a built-in one, e.g. ``tp.importance.MagnitudeImportance(p=2, group_reduction="max")``).
 Criterion: TypeAlias = str | tp.importance.Importance
@@ -184,7 +187,56 @@ def discover_groups(model: nn.Module, example_inputs: torch.Tensor,
 # ---------------------------------------------------------------------------------------------
 # Importance and plans
 # ---------------------------------------------------------------------------------------------
-def _importance(name: str) -> tp.importance.Importance:
+class OutputEnergyImportance(tp.importance.Importance):
+    """Scores a channel by the output energy it feeds the layers that read it: the sum over those layers
+    of ``||W[:, c]||^2 * E[x_c^2]``, with ``E[x_c^2]`` measured on ``inputs``. A data-weighted L2: a
+    heavy weight on a channel that is rarely active costs little when removed (cf. ThiNet, NISP).
+    Needs a few hundred images; 64 gave unstable rankings on the reference ResNet-20."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, batch_size: int = 128) -> None:
+        self._sums: dict[nn.Module, torch.Tensor] = {}
+        self._counts: dict[nn.Module, int] = {}
+        hooks = [m.register_forward_hook(self._record) for m in model.modules() if isinstance(m, _ROOT_TYPES)]
+        try:
+            with torch.no_grad():
+                for chunk in inputs.split(batch_size):
+                    model(chunk)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _record(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        x = inputs[0].detach()
+        # one row per channel: the last dimension of a Linear's input, dimension 1 of a conv's
+        x = x.flatten(0, -2).T if isinstance(module, nn.Linear) else x.transpose(0, 1).flatten(1)
+        self._sums[module] = self._sums.get(module, 0) + (x.double() ** 2).sum(1)
+        self._counts[module] = self._counts.get(module, 0) + x.shape[1]
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        scores = None
+        for item in group:
+            dep, idxs = item
+            layer = dep.target.module
+            if layer not in self._sums or not isinstance(layer, _ROOT_TYPES) or dep.handler not in (
+                    tp.pruner.function.prune_conv_in_channels, tp.pruner.function.prune_linear_in_channels):
+                continue
+            w = layer.weight.detach().double()
+            groups = getattr(layer, "groups", 1)  # grouped convs: input c meets only its group's outputs
+            w = w.reshape(groups, w.shape[0] // groups, *w.shape[1:]).transpose(1, 2)
+            per_input = (w.flatten(2) ** 2).sum(2).flatten()
+            energy = self._sums[layer] / self._counts[layer]
+            scores = torch.zeros(len(item.root_idxs), dtype=torch.float64) if scores is None else scores
+            scores.scatter_add_(0, torch.tensor(item.root_idxs), (per_input * energy)[idxs])
+        return scores
+
+
+def _importance(name: str, model: nn.Module, calibration: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> tp.importance.Importance:
+    if name == "energy":
+        if calibration is None:
+            raise ValueError("importance 'energy' needs calibration images (x, y) for its activations")
+        return OutputEnergyImportance(model, calibration[0])
     factories = {
         "l1": lambda: tp.importance.MagnitudeImportance(p=1),
         "l2": lambda: tp.importance.MagnitudeImportance(p=2),
@@ -211,7 +263,8 @@ class Pruner:
             ResNet-20 at 47% FLOPs (uniform, adaptive BN, 2,000 val images) we measured: l1 68.1%,
             l2 78.1%, bn_scale 75.3%, lamp 78.1%, fpgm 82.6%.
         example_inputs: a batch for tracing the dependency graph.
-        calibration: ``(x, y)`` batch whose loss gradients the ``"taylor"`` criterion needs.
+        calibration: ``(x, y)`` TRAIN batch: the ``"taylor"`` criterion reads its loss gradients, ``"energy"``
+            its activations (give it a few hundred images), a criterion object may read either.
         seed: seeds the ``"random"`` criterion.
     """
 
@@ -219,15 +272,16 @@ class Pruner:
                  example_inputs: torch.Tensor, calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
                  seed: int = 0) -> None:
         self.model, self.space, self.importance = model, space, importance
-        if importance == "taylor" and calibration is None:
-            raise ValueError("importance 'taylor' needs a calibration batch (x, y) for its gradients")
+        if importance in DATA_CRITERIA and calibration is None:
+            raise ValueError(f"importance {importance!r} needs a calibration batch (x, y) of TRAIN images")
         self.example_inputs = example_inputs
         self.order = self._rank(example_inputs, calibration, seed)
         self._modules = dict(model.named_modules())
 
     def _rank(self, example_inputs: torch.Tensor, calibration: tuple[torch.Tensor, torch.Tensor] | None,
               seed: int) -> list[np.ndarray]:
-        scorer = _importance(self.importance) if isinstance(self.importance, str) else self.importance
+        scorer = (_importance(self.importance, self.model, calibration) if isinstance(self.importance, str)
+                  else self.importance)
         graph = _build_graph(self.model, example_inputs)
         modules = dict(self.model.named_modules())
         # Gradients for "taylor", and for a criterion object, which may read them (it is cheap: one batch).

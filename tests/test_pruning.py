@@ -86,6 +86,19 @@ def test_l1_prunes_the_smallest_channels():
     assert plan[("features.0", True)] == [5]
 
 
+def test_energy_prunes_a_heavy_channel_that_is_never_active():
+    model, x, space = _setup("vgg11")
+    with torch.no_grad():
+        model.features[1].bias[5] = -1e3  # channel 5 is negative before its ReLU on every input: always 0 after
+        model.features[0].weight[5].mul_(10)  # ... yet it has the largest weights on both sides
+        model.features[4].weight[:, 5].mul_(10)
+    calibration = (torch.randn(256, 1, 28, 28), torch.zeros(256, dtype=torch.long))
+    policy = {"features.0": 1 / 64}
+    assert Pruner(model, space, importance="l2", example_inputs=x[:1]).plan(policy)[("features.0", True)] != [5]
+    energy = Pruner(model, space, importance="energy", example_inputs=x[:1], calibration=calibration)
+    assert energy.plan(policy)[("features.0", True)] == [5]
+
+
 def test_a_torch_pruning_importance_object_is_a_criterion():
     import torch_pruning as tp
 
