@@ -9,8 +9,9 @@ BatchNorm re-estimated on 8,192 TRAIN images, without least-squares reconstructi
 the criterion). The policies were searched with ``l2``, so a criterion that loses here could still win
 with a search of its own; one that wins would be worth one.
 
-Criteria: every built-in name (``autoprune.pruning.IMPORTANCE_NAMES``); ``l2`` with Torch-Pruning's
-other ways of combining a group's layers (``l2_first``: the group's first layer only, ``l2_max``,
+Criteria: every built-in name (``autoprune.pruning.IMPORTANCE_NAMES``; ``energy`` weighs each channel's
+weights by its activations on the 512 BN images, ``autoprune.pruning.OutputEnergyImportance``); ``l2``
+with Torch-Pruning's other ways of combining a group's layers (``l2_first``: the group's first layer only, ``l2_max``,
 ``l2_prod``); and two data-driven ones from per-sample loss gradients on 1,024 TRAIN images:
 ``fisher`` (Optimal Brain Damage, w^2 * E[g^2]) and ``bn_gate_taylor`` (the squared first-order loss
 change of zeroing each BatchNorm output channel, E[(gamma * dL/dgamma + beta * dL/dbeta)^2], summed over
