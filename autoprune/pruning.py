@@ -218,7 +218,7 @@ class OutputEnergyImportance(tp.importance.Importance):
         for item in group:
             dep, idxs = item
             layer = dep.target.module
-            if layer not in self._sums or not isinstance(layer, _ROOT_TYPES) or dep.handler not in (
+            if layer not in self._sums or dep.handler not in (  # _sums: the Conv/Linear layers seen
                     tp.pruner.function.prune_conv_in_channels, tp.pruner.function.prune_linear_in_channels):
                 continue
             w = layer.weight.detach().double()
@@ -233,10 +233,8 @@ class OutputEnergyImportance(tp.importance.Importance):
 
 def _importance(name: str, model: nn.Module, calibration: tuple[torch.Tensor, torch.Tensor] | None
                 ) -> tp.importance.Importance:
-    if name == "energy":
-        if calibration is None:
-            raise ValueError("importance 'energy' needs calibration images (x, y) for its activations")
-        return OutputEnergyImportance(model, calibration[0])
+    if name == "energy":  # Pruner checks that the data criteria have their calibration batch
+        return OutputEnergyImportance(model, cast(tuple, calibration)[0])
     factories = {
         "l1": lambda: tp.importance.MagnitudeImportance(p=1),
         "l2": lambda: tp.importance.MagnitudeImportance(p=2),

@@ -200,6 +200,14 @@ def test_untraceable_inputs_are_a_clear_error():
         SearchSpace.from_model(model, torch.randn(1, 3, 28, 28))
 
 
+def test_config_offers_every_built_in_criterion():  # config.py keeps its own list so as not to import torch
+    import typing
+
+    from autoprune.config import PrunerConfig
+
+    assert typing.get_args(PrunerConfig.model_fields["importance"].annotation) == IMPORTANCE_NAMES
+
+
 def test_unknown_importance_lists_choices():
     model, x, space = _setup("cnn1d")
     with pytest.raises(ValueError, match="choose one of: l1"):
