@@ -21,9 +21,11 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,8 +52,16 @@ SETTINGS = {"importance": "l2", "val_size": 2000, "bn_batches": 8, "max_ratio": 
 RowKey = tuple
 
 
+def _exit_with_parent() -> None:
+    """End this worker when the benchmark that spawned it dies: a killed benchmark leaves no search running."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # join() returns once the parent's end of the spawn pipe closes, however it died
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
+
+
 def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
     """One search and the test-split measurements of its best policy (runs in its own process)."""
+    _exit_with_parent()
     torch.set_num_threads(1)
     model, splits, space = reference_setup(args.max_ratio, args.checkpoint)
     budget = Budget(flops=flops)
