@@ -61,7 +61,6 @@ def _exit_with_parent() -> None:
 
 def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
     """One search and the test-split measurements of its best policy (runs in its own process)."""
-    _exit_with_parent()
     torch.set_num_threads(1)
     model, splits, space = reference_setup(args.max_ratio, args.checkpoint)
     budget = Budget(flops=flops)
@@ -313,7 +312,8 @@ def main() -> None:
     todo.sort(key=lambda job: job[0] == "uniform")  # the one-evaluation baseline last: long searches start first
     # spawn: each search starts from a clean interpreter (no forked torch thread pools or CUDA state)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context,
+                                                initializer=_exit_with_parent) as pool:
         futures = {pool.submit(run_one, *job, args): job for job in todo}
         for future in concurrent.futures.as_completed(futures):
             row = {**future.result(), "command": command}
