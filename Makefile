@@ -47,6 +47,7 @@ test-all: $(STAMP) data test-tools
 lint: $(STAMP)
 	$(VENV)/bin/ruff check autoprune tests benchmarks
 	$(VENV)/bin/mypy autoprune
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,14 +1,20 @@
 """Exact analytic FLOPs (MACs) and parameter counts of a pruned model, without pruning it.
 
-Pruning a group shrinks the output dimension of some layers and the input dimension of others, so
-every layer's cost is a product of at most two kept-channel counts. The :class:`CostModel` records
-each supported layer's shape once (a forward pass with hooks) and then prices any policy with a
-few hundred multiplications, in microseconds. Costs are per example (batch 1), in multiply-
-accumulates as counted by ``torch.utils.flop_counter`` (which reports FLOPs = 2 x MACs for convs,
-matmuls and attention products; normalisation layers and activations are not counted).
+Pruning shrinks layer dimensions, and every dimension's kept size is *linear* in the units each
+group removes: ``kept = dense - sum over groups g of step_g * removed_g``. A plain dimension has
+one term; the input of a layer reading a concatenation has one term per producer group (nested
+concatenations included); a dimension no group touches has none. Every layer's cost is then
+bilinear in its kept output and input sizes, so the :class:`CostModel` records each layer's shape
+once (a forward pass with hooks) and prices any policy with two small matrix-vector products.
+
+Costs are per example (batch 1), in multiply-accumulates as counted by ``torch.utils.flop_counter``
+(FLOPs = 2 x MACs for convolutions, matmuls and attention products; normalisations, activations
+and elementwise products are not counted). Attention products (``q @ k^T`` and ``attn @ v``) scale
+with the heads a ``heads`` group keeps. The cost model reads only group descriptions
+(:mod:`autoprune.groups`), never Torch-Pruning objects.
 
 :func:`count_costs` is the ground truth; ``SearchSpace.from_model(verify_costs=True)`` checks the
-model against it on a physically pruned copy.
+model against it on physically pruned copies.
 """
 
 from __future__ import annotations
@@ -16,19 +22,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-if TYPE_CHECKING:
-    from autoprune.search_spaces import GroupSpec
+from autoprune.families import conv1d_sizes, is_conv1d_transposed_linear
+from autoprune.forward import Inputs, call, first_example
+from autoprune.groups import GroupSpec, UnsupportedModelError, parameter_axis
 
-__all__ = ["SUPPORTED_LAYERS", "CostModel", "Costs", "count_costs"]
+__all__ = ["CostModel", "Costs", "Dim", "PricedLayer", "count_costs"]
 
-SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 @dataclass(frozen=True)
@@ -40,81 +49,120 @@ class Costs:
     params: int
     latency: float | None = None
 
-    def ratio(self, dense: Costs) -> tuple[float, float]:
-        return self.macs / dense.macs, self.params / dense.params
+
+def _attention_flops(query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size, *args: object,
+                     out_shape: object = None, **kwargs: object) -> int:
+    """FLOPs of fused attention: ``q @ k^T`` and ``attn @ v`` for every query head (keys and values may
+    have fewer heads under grouped-query attention; causal masking is not discounted)."""
+    b, heads, s_q, d_q = query_shape
+    s_k, d_v = key_shape[-2], value_shape[-1]
+    return 2 * b * heads * s_q * s_k * (d_q + d_v)
 
 
-def count_costs(model: nn.Module, example_inputs: torch.Tensor) -> Costs:
+# PyTorch's flop counter has no formula for the CPU fused-attention kernel that F.scaled_dot_product_attention
+# (and so every Hugging Face model by default) calls on CPU; without one, attention would be free.
+_FUSED_ATTENTION = {op: _attention_flops for op in (
+    getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None),) if op is not None}
+
+
+def count_costs(model: nn.Module, example_inputs: Inputs) -> Costs:
     """Count MACs (``FlopCounterMode`` FLOPs / 2) and parameters of ``model`` on one example."""
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example_inputs[:1])
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_FUSED_ATTENTION) as counter:
+        call(model, first_example(example_inputs))
     model.train(was_training)
     return Costs(macs=counter.get_total_flops() // 2, params=sum(p.numel() for p in model.parameters()))
 
 
-# A dimension reference: (group index, indices removed per pruned unit); None = never pruned.
-_Dim = tuple[int, int]
+@dataclass(frozen=True)
+class Dim:
+    """A layer dimension: ``kept = dense - sum(step * removed units of group) over terms``."""
+
+    dense: int
+    terms: tuple[tuple[int, int], ...] = ()  # (group index, indices removed per unit)
+
+    def size(self, keep: Sequence[int], units: Sequence[int]) -> int:
+        return self.dense - sum(step * (int(units[g]) - int(keep[g])) for g, step in self.terms)
 
 
 @dataclass(frozen=True)
-class _Layer:
-    """One priced layer: every cost is bilinear in its kept output and input sizes."""
+class PricedLayer:
+    """One priced layer (or bare parameter, or attention product): cost is bilinear in its kept sizes.
 
-    out: _Dim | None
-    inp: _Dim | None
-    dense_out: int
-    dense_in: int  # input channels per output channel (1 for a depthwise conv)
-    macs_per_pair: int  # MACs per (output, input) channel pair: kernel area x positions, tokens...
-    params_per_pair: int  # weight entries per pair: kernel area (conv), 1 (linear), 0 (norm)
-    params_per_out: int  # bias / affine entries per output channel
+    ``macs = macs_per_pair * out * inp`` and ``params = params_per_pair * out * inp + params_per_out * out``,
+    where ``inp`` is the input size *per output channel* (fixed for depthwise and grouped convolutions).
+    """
+
+    name: str
+    kind: str  # "conv", "conv_transpose", "linear", "norm", "embedding", "parameter", "attention"
+    out: Dim
+    inp: Dim
+    macs_per_pair: int
+    params_per_pair: int
+    params_per_out: int
 
 
 class CostModel:
-    """Prices kept-unit vectors of a search space's groups (see the module docstring)."""
+    """Prices kept-unit vectors of a search space's groups (see the module docstring).
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, groups: Sequence[GroupSpec]) -> None:
+    Attributes:
+        layers: the priced layers (those a group touches, and one attention product per heads group);
+            everything else costs the same in every policy and is folded into a constant.
+        shapes: per hooked layer, its (input shape, output shape) on one example.
+        units: units of each group (the dense model keeps all).
+        dense: counted costs of the dense model.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Inputs, groups: Sequence[GroupSpec]) -> None:
         self.units = np.array([g.units for g in groups], dtype=np.int64)
-        dims: dict[tuple[str, bool], _Dim] = {}
+        terms: dict[tuple[str, bool], list[tuple[int, int]]] = {}
         for i, g in enumerate(groups):
             for m in g.members:
-                dims[(m.module, m.out)] = (i, m.index.shape[1])
-        shapes = _record_shapes(model, example_inputs[:1])
-        self.shapes = shapes  # per layer: (input shape, output shape) on one example
-        layers: list[_Layer] = []
-        self.layer_names: list[str] = []  # parallel to the priced layers (attention products last)
-        for name, module in model.named_modules():
-            if name not in shapes:
-                continue
-            layers.append(_describe(name, module, shapes[name], dims))
-            self.layer_names.append(name)
+                terms.setdefault((m.module, m.out), []).append((i, m.index.shape[1]))
+        modules = dict(model.named_modules())
+        parameters = dict(model.named_parameters())
+        touched = {name for name, _ in terms}
+        self.shapes = _record_shapes(model, first_example(example_inputs),
+                                     {n for n in touched if n in modules} | {g.name for g in groups})
+        layers: list[PricedLayer] = []
+        order = {n: i for i, n in enumerate([*modules, *parameters])}
+        for name in sorted(touched, key=lambda n: order.get(n, len(order))):
+            if name in modules:
+                layers.append(_describe(name, modules[name], self.shapes.get(name), terms))
+            elif name in parameters:
+                layers.append(_describe_parameter(name, parameters[name], terms))
+            else:
+                raise UnsupportedModelError(f"group member {name!r} is neither a module nor a parameter of the model")
         for i, g in enumerate(groups):  # attention products scale with the heads kept
             if g.kind == "heads":
-                tokens = shapes[g.name][0][-2]
-                layers.append(_Layer((i, 1), None, g.units, 1, 2 * tokens * tokens * g.unit_size, 0, 0))
-                self.layer_names.append(g.name + "#attention")
-        self._layers = layers
-        # The same layers as columns, so that pricing a policy is a handful of numpy operations
-        # (the env's action wall and the projection price hundreds of policies per episode).
-        never = len(groups)  # index of the always-zero "removed units" entry of an unpruned dimension
-        self._out_group, self._out_step = _columns([layer.out for layer in layers], never)
-        self._in_group, self._in_step = _columns([layer.inp for layer in layers], never)
-        self._dense_out, self._dense_in, self._macs_per_pair, self._params_per_pair, self._params_per_out = (
+                if g.name not in self.shapes:
+                    raise UnsupportedModelError(f"attention layer {g.name!r} did not run on the example inputs")
+                tokens = _tokens(modules[g.name], self.shapes[g.name][0])
+                layers.append(PricedLayer(g.name + "#attention", "attention", Dim(g.channels, ((i, g.unit_size),)),
+                                          Dim(1), 2 * tokens * tokens, 0, 0))
+        self.layers: tuple[PricedLayer, ...] = tuple(layers)
+        self.layer_names = [layer.name for layer in layers]
+        # Dimensions as matrices, so that pricing a policy is two matrix-vector products (the env's
+        # action wall and the budget projection price hundreds of policies per episode).
+        n_groups = len(groups)
+        self._out_steps = _steps([layer.out for layer in layers], n_groups)
+        self._in_steps = _steps([layer.inp for layer in layers], n_groups)
+        self._dense_out = np.array([layer.out.dense for layer in layers], dtype=np.int64)
+        self._dense_in = np.array([layer.inp.dense for layer in layers], dtype=np.int64)
+        self._macs_per_pair, self._params_per_pair, self._params_per_out = (
             np.array([getattr(layer, f) for layer in layers], dtype=np.int64)
-            for f in ("dense_out", "dense_in", "macs_per_pair", "params_per_pair", "params_per_out"))
+            for f in ("macs_per_pair", "params_per_pair", "params_per_out"))
         counted = count_costs(model, example_inputs)
-        full = self.units.copy()
-        macs, params = self._sum(full)
+        macs, params = self._sum(self.units)
         # Layers the model does not prune (and ops outside modules) cost the same in every policy.
         self._const = Costs(counted.macs - macs, counted.params - params)
         self.dense = counted
 
     def _kept_sizes(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kept output and input(-per-output) sizes of every priced layer, in layer order."""
-        removed = np.append(self.units - keep, 0)
-        return (self._dense_out - self._out_step * removed[self._out_group],
-                self._dense_in - self._in_step * removed[self._in_group])
+        removed = self.units - keep
+        return self._dense_out - self._out_steps @ removed, self._dense_in - self._in_steps @ removed
 
     def _sum(self, keep: np.ndarray) -> tuple[int, int]:
         out, inp = self._kept_sizes(keep)
@@ -131,26 +179,37 @@ class CostModel:
         macs, params = self._sum(np.asarray(keep, dtype=np.int64))
         return Costs(macs + self._const.macs, params + self._const.params)
 
+    def layer_costs(self, keep: np.ndarray) -> dict[str, Costs]:
+        """Per priced layer, its MACs and parameters (for error messages that name a layer)."""
+        out, inp = self._kept_sizes(np.asarray(keep, dtype=np.int64))
+        pairs = out * inp
+        macs = pairs * self._macs_per_pair
+        params = pairs * self._params_per_pair + out * self._params_per_out
+        return {n: Costs(int(a), int(b)) for n, a, b in zip(self.layer_names, macs, params, strict=True)}
 
-def _columns(dims: Sequence[_Dim | None], never: int) -> tuple[np.ndarray, np.ndarray]:
-    """Group indices and indices-per-unit of some dimensions; an unpruned one points at ``never``."""
-    return (np.array([never if d is None else d[0] for d in dims], dtype=np.int64),
-            np.array([0 if d is None else d[1] for d in dims], dtype=np.int64))
+
+def _steps(dims: Sequence[Dim], n_groups: int) -> np.ndarray:
+    matrix = np.zeros((len(dims), n_groups), dtype=np.int64)
+    for row, dim in enumerate(dims):
+        for g, step in dim.terms:
+            matrix[row, g] += step
+    return matrix
 
 
-def _record_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Size, torch.Size]]:
+def _record_shapes(model: nn.Module, x: Inputs, names: set[str]) -> dict[str, tuple[torch.Size, torch.Size]]:
     shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
     hooks = []
     for name, module in model.named_modules():
-        if isinstance(module, SUPPORTED_LAYERS):
-            def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
-                shapes.setdefault(name, (args[0].shape, out.shape))
+        if name in names:
+            def hook(mod: nn.Module, args: tuple, out: object, name: str = name) -> None:
+                if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                    shapes.setdefault(name, (args[0].shape, out.shape))
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(x)
+            call(model, x)
     finally:
         for h in hooks:
             h.remove()
@@ -158,25 +217,76 @@ def _record_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.S
     return shapes
 
 
-def _describe(name: str, module: nn.Module, shapes: tuple[torch.Size, torch.Size],
-              dims: dict[tuple[str, bool], _Dim]) -> _Layer:
-    in_shape, out_shape = shapes
-    out_dim, in_dim = dims.get((name, True)), dims.get((name, False))
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+def _tokens(module: nn.Module, in_shape: torch.Size) -> int:
+    """Token positions a Linear-like layer reads per example (its input over its feature width)."""
+    if is_conv1d_transposed_linear(module):
+        return math.prod(in_shape) // conv1d_sizes(module)[1]
+    return math.prod(in_shape) // int(getattr(module, "in_features", in_shape[-1]))
+
+
+def _dims(name: str, out_size: int, in_size: int, terms: dict[tuple[str, bool], list[tuple[int, int]]]
+          ) -> tuple[Dim, Dim]:
+    return Dim(out_size, tuple(terms.get((name, True), ()))), Dim(in_size, tuple(terms.get((name, False), ())))
+
+
+def _describe(name: str, module: nn.Module, shapes: tuple[torch.Size, torch.Size] | None,
+              terms: dict[tuple[str, bool], list[tuple[int, int]]]) -> PricedLayer:
+    def needs_shapes() -> tuple[torch.Size, torch.Size]:
+        if shapes is None:
+            raise UnsupportedModelError(f"layer {name!r} did not run on the example inputs, so it cannot be priced; "
+                                        "add it to ignored_layers")
+        return shapes
+
+    bias = int(getattr(module, "bias", None) is not None)
+    if isinstance(module, _CONVS):
+        area, groups = math.prod(module.kernel_size), module.groups
+        positions = math.prod(needs_shapes()[1][2:])
+        out, inp = _dims(name, module.out_channels, module.in_channels, terms)
+        if groups > 1:  # depthwise / grouped: pruned in whole groups, inputs per output stay fixed
+            inp = Dim(module.in_channels // groups)
+        return PricedLayer(name, "conv", out, inp, area * positions, area, bias)
+    if isinstance(module, _CONV_TRANSPOSES):
+        if module.groups > 1:
+            raise UnsupportedModelError(f"grouped transposed conv {name!r} is not supported; add it to ignored_layers")
         area = math.prod(module.kernel_size)
-        positions = math.prod(out_shape[2:])
-        bias = int(module.bias is not None)
-        if module.groups == module.in_channels == module.out_channels and module.groups > 1:  # depthwise
-            return _Layer(out_dim, None, module.out_channels, 1, area * positions, area, bias)
-        # A grouped (not depthwise) conv is only priced whole; discover_groups never prunes one.
-        return _Layer(out_dim, in_dim, module.out_channels, module.in_channels // module.groups,
-                      area * positions, area, bias)
-    if isinstance(module, nn.Linear):
-        tokens = math.prod(in_shape) // module.in_features
-        return _Layer(out_dim, in_dim, module.out_features, module.in_features, tokens, 1,
-                      int(module.bias is not None))
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return _Layer(out_dim, None, module.num_features, 1, 0, 0, 2 if module.affine else 0)
-    assert isinstance(module, nn.LayerNorm)
-    affine = int(module.weight is not None) + int(module.bias is not None)
-    return _Layer(out_dim, None, module.normalized_shape[-1], 1, 0, 0, affine)
+        positions = math.prod(needs_shapes()[0][2:])  # a transposed conv costs per *input* position
+        out, inp = _dims(name, module.out_channels, module.in_channels, terms)
+        return PricedLayer(name, "conv_transpose", out, inp, area * positions, area, bias)
+    if isinstance(module, nn.Linear) or is_conv1d_transposed_linear(module):
+        o, i = conv1d_sizes(module) if is_conv1d_transposed_linear(module) else (
+            cast(nn.Linear, module).out_features, cast(nn.Linear, module).in_features)
+        out, inp = _dims(name, o, i, terms)
+        return PricedLayer(name, "linear", out, inp, _tokens(module, needs_shapes()[0]), 1, bias)
+    if isinstance(module, nn.Embedding):
+        out, inp = _dims(name, module.embedding_dim, 1, terms)
+        return PricedLayer(name, "embedding", out, inp, 0, 0, module.num_embeddings)
+    if isinstance(module, (*_NORMS, nn.PReLU)) or _is_norm_like(module):
+        params = list(module.parameters(recurse=False))
+        size = params[0].shape[-1] if params else _norm_width(module)
+        per_out = sum(p.numel() for p in params) // max(size, 1)
+        out, inp = _dims(name, int(size), 1, terms)
+        return PricedLayer(name, "norm", out, inp, 0, 0, per_out)
+    raise UnsupportedModelError(f"layer {name!r} ({type(module).__name__}) is coupled to a pruned group but "
+                                "autoprune cannot price it; add it to ignored_layers")
+
+
+def _describe_parameter(name: str, p: torch.Tensor, terms: dict[tuple[str, bool], list[tuple[int, int]]]
+                        ) -> PricedLayer:
+    axis = parameter_axis(p.shape)
+    size = p.shape[axis]
+    out, inp = _dims(name, size, 1, terms)
+    return PricedLayer(name, "parameter", out, inp, 0, 0, p.numel() // size)
+
+
+def _is_norm_like(module: nn.Module) -> bool:
+    """A module holding only per-channel vectors, e.g. Hugging Face's ``LlamaRMSNorm``."""
+    params = list(module.parameters(recurse=False))
+    return bool(params) and all(p.dim() == 1 for p in params) and not list(module.children())
+
+
+def _norm_width(module: nn.Module) -> int:
+    for attr in ("num_features", "num_channels", "normalized_shape"):
+        value = getattr(module, attr, None)
+        if value is not None:
+            return int(value[-1] if isinstance(value, (tuple, list)) else value)
+    return 1

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,7 +24,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoprune.budget import Budget
-from autoprune.pruning import DATA_CRITERIA, Criterion, Pruner
+from autoprune.importance import DATA_CRITERIA, Criterion
+from autoprune.pruning import Pruner
+from autoprune.result import Result
 from autoprune.rewards import Baseline, Reward, get_reward
 from autoprune.search_spaces import Policy, SearchSpace
 from autoprune.training import TrainConfig, accuracy, model_device, train
@@ -37,39 +39,6 @@ __all__ = ["RELEASE_BN_IMAGES", "Evaluator", "Result", "recalibrate_batchnorm"]
 # drawn. On the 17 searched ResNet-20 policies of benchmarks/results/search_quality.md, 512 -> 8,192
 # images changed test accuracy by -0.4 to +0.8 points, +0.2 on average.
 RELEASE_BN_IMAGES = 8192
-
-
-@dataclass(frozen=True)
-class Result:
-    """One evaluated policy. ``failed`` holds the error when the evaluation did not complete."""
-
-    policy: Policy
-    flops: int
-    params: int
-    flops_ratio: float
-    params_ratio: float
-    feasible: bool
-    accuracy: float | None = None
-    reward: float | None = None
-    latency: float | None = None
-    failed: str | None = None
-    path: str = ""
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Evaluated without error and within budget: a candidate for "best"."""
-        return self.failed is None and self.feasible
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable data (what the ledger stores)."""
-        d = asdict(self)
-        d["policy"] = self.policy.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Result:
-        return cls(**{**data, "policy": Policy(data["policy"]), "seconds": dict(data.get("seconds", {}))})
 
 
 def _bn_order(n_train: int, seed: int) -> torch.Tensor:

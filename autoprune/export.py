@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from autoprune.latency import measure
-from autoprune.pruning import export_onnx
+from autoprune.model_io import export_onnx
 from autoprune.run import open_run
 
 __all__ = ["EXPORT_FORMATS", "export_run"]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from autoprune.evaluation import recalibrate_batchnorm
-from autoprune.pruning import read_plan, save_pruned
+from autoprune.model_io import read_plan, save_pruned
 from autoprune.run import open_run
 from autoprune.training import TrainConfig, accuracy, train
 

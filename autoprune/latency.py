@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.costs import Dim
 from autoprune.search_spaces import SearchSpace
 
 __all__ = ["RUNTIMES", "LatencyTable", "make_runner", "measure", "measure_latency"]
@@ -202,7 +203,6 @@ class LatencyTable:
               show_progress: bool = True) -> LatencyTable:
         """Measure (or load from the cache) the table of ``model`` for ``runtime`` and ``batch``."""
         from autoprune.progress import track_progress
-        from autoprune.pruning import prune_shape_only
 
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
@@ -218,22 +218,22 @@ class LatencyTable:
         start = time.perf_counter()
         modules = dict(model.named_modules())
         plans = []  # (layer name, out grid, in grid, depthwise)
+        priced = dict(zip(cm.layer_names, cm.layers, strict=True))
         for name in cm.layer_names:
             module = modules.get(name)
             if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 continue
-            layer = cm._layers[cm.layer_names.index(name)]
-            if layer.out is None and layer.inp is None:
+            layer = priced[name]
+            if not layer.out.terms and not layer.inp.terms:
                 continue  # never pruned: part of the constant remainder
 
-            def grid(dim: tuple[int, int] | None, dense: int) -> np.ndarray:
-                if dim is None:
-                    return np.array([dense])
-                g, k = dim
-                return np.unique(dense - k * (cm.units[g] - candidates[g]))
-            depthwise = isinstance(module, (nn.Conv1d, nn.Conv2d)) and layer.dense_in == 1 and module.groups > 1
-            plans.append((name, grid(layer.out, layer.dense_out), np.array([1]) if depthwise else
-                          grid(layer.inp, layer.dense_in), depthwise))
+            def grid(dim: Dim) -> np.ndarray:
+                # the sizes the dimension takes when its groups are at the same candidate level
+                levels = max((len(candidates[g]) for g, _ in dim.terms), default=1)
+                return np.unique([dim.dense - sum(k * (cm.units[g] - candidates[g][min(level, len(candidates[g]) - 1)])
+                                                  for g, k in dim.terms) for level in range(levels)])
+            depthwise = isinstance(module, (nn.Conv1d, nn.Conv2d)) and layer.inp.dense == 1 and module.groups > 1
+            plans.append((name, grid(layer.out), np.array([1]) if depthwise else grid(layer.inp), depthwise))
         signatures: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {}
         cells: list[list[str]] = []
         for name, out_grid, in_grid, depthwise in plans:
@@ -269,7 +269,7 @@ class LatencyTable:
         rng = np.random.default_rng(20181106)
         policies = [space.uniform(r) for r in np.linspace(0.0, top, 4)]
         policies += [space.sample(rng) for _ in range(calibration_policies)]
-        runners = {str(i): make_runner(prune_shape_only(model, space, p), x, runtime) for i, p in enumerate(policies)}
+        runners = {str(i): make_runner(space.shaped_copy(model, p), x, runtime) for i, p in enumerate(policies)}
         runners.update(_dense_copies(model, x, runtime, DENSE_COPIES - 1))
         measured = measure(runners, repeats=repeats)
         measured["0"] = statistics.median(t for name, t in measured.items() if name == "0" or name.startswith("dense"))
@@ -322,11 +322,9 @@ class LatencyTable:
         which is what a fractional latency budget uses and which machine-wide drift (other
         processes, clock changes) cancels out of.
         """
-        from autoprune.pruning import prune_shape_only
-
         x = torch.randn(self.batch, *self.meta["input_shape"])
         runners = _dense_copies(model, x, self.runtime, DENSE_COPIES)
-        runners.update({str(i): make_runner(prune_shape_only(model, space, p), x, self.runtime)
+        runners.update({str(i): make_runner(space.shaped_copy(model, p), x, self.runtime)
                         for i, p in enumerate(policies)})
         measured = measure(runners, repeats=repeats)
         dense = statistics.median(t for name, t in measured.items() if name.startswith("dense"))
@@ -351,22 +349,20 @@ class _Compiled:
     def __init__(self, table: LatencyTable, space: SearchSpace) -> None:
         cm = space.cost_model
         units = cm.units.tolist()
-        layers = dict(zip(cm.layer_names, cm._layers, strict=True))
+        layers = dict(zip(cm.layer_names, cm.layers, strict=True))
 
-        def ref(dim: tuple[int, int] | None, dense: int) -> tuple[int, int, int]:
-            if dim is None:  # a fixed size: dense - 0 * (...)
-                return 0, 0, dense
-            g, k = dim
-            return g, k, dense - k * units[g]  # size = base + k * keep[g]
+        def ref(dim: Dim) -> tuple[tuple[tuple[int, int], ...], int]:
+            # size = base + sum(k * keep[g]) over the dimension's terms
+            return dim.terms, dim.dense - sum(k * units[g] for g, k in dim.terms)
 
         self.layers = []
         for t in table.layers:
             layer = layers[t.name]
-            in_dim = None if len(t.in_grid) == 1 else layer.inp
-            self.layers.append((ref(layer.out, layer.dense_out), ref(in_dim, layer.dense_in), t.out_grid.tolist(),
-                                t.in_grid.tolist(), t.seconds.tolist()))
-        self.activation = [(ref(layers[n].out, layers[n].dense_out), per) for n, per in table.activation.items()]
-        self.dense_activation = float(sum(layers[n].dense_out * per for n, per in table.activation.items()))
+            in_dim = Dim(layer.inp.dense) if len(t.in_grid) == 1 else layer.inp
+            self.layers.append((ref(layer.out), ref(in_dim), t.out_grid.tolist(), t.in_grid.tolist(),
+                                t.seconds.tolist()))
+        self.activation = [(ref(layers[n].out), per) for n, per in table.activation.items()]
+        self.dense_activation = float(sum(layers[n].out.dense * per for n, per in table.activation.items()))
         self.a, self.c, self.b = table.calibration
 
     @staticmethod
@@ -380,12 +376,12 @@ class _Compiled:
     def __call__(self, keep: np.ndarray) -> float:
         kept = keep.tolist() if isinstance(keep, np.ndarray) else list(keep)
         total = 0.0
-        for (go, ko, bo), (gi, ki, bi), out_grid, in_grid, z in self.layers:
-            i0, i1, fx = self._locate(out_grid, bo + ko * kept[go])
-            j0, j1, fy = self._locate(in_grid, bi + ki * kept[gi])
+        for (out_terms, bo), (in_terms, bi), out_grid, in_grid, z in self.layers:
+            i0, i1, fx = self._locate(out_grid, bo + sum(k * kept[g] for g, k in out_terms))
+            j0, j1, fy = self._locate(in_grid, bi + sum(k * kept[g] for g, k in in_terms))
             total += ((1 - fx) * ((1 - fy) * z[i0][j0] + fy * z[i0][j1])
                       + fx * ((1 - fy) * z[i1][j0] + fy * z[i1][j1]))
-        activation = sum((b + k * kept[g]) * per for (g, k, b), per in self.activation)
+        activation = sum((b + sum(k * kept[g] for g, k in terms)) * per for (terms, b), per in self.activation)
         return self.a + self.c * total + self.b * activation / self.dense_activation
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.evaluation import model_device
+from autoprune.training import model_device
 
 __all__ = ["RECONSTRUCT_IMAGES", "reconstruct"]
 

@@ -1,7 +1,7 @@
 """Rewards: how a search scores an evaluated policy.
 
 A reward is any callable ``reward(result, baseline) -> float`` (higher is better), where
-``result`` is the :class:`~autoprune.evaluation.Result` of the pruned model and ``baseline`` the
+``result`` is the :class:`~autoprune.result.Result` of the pruned model and ``baseline`` the
 :class:`Baseline` of the dense one. Built-ins are registered by name; a config may also name
 ``"package.module:function"``. A reward that raises or returns NaN/inf marks that evaluation
 failed (the evaluator records the error), so a search goes on.
@@ -13,10 +13,9 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from autoprune.evaluation import Result
+from autoprune.result import Result
 
 __all__ = ["REWARDS", "Baseline", "Reward", "acc_flops", "acc_latency", "acc_params", "accuracy", "get_reward",
            "register_reward"]

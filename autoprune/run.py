@@ -195,7 +195,7 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
            seconds: float) -> dict[str, Any]:
     """Prune the best policy, check the budget on the counted model, save it and ``result.json``."""
     from autoprune.costs import count_costs
-    from autoprune.pruning import save_pruned
+    from autoprune.model_io import save_pruned
     from autoprune.training import accuracy
 
     best = searcher.best
@@ -239,13 +239,13 @@ class RunContents:
 
     def pruned(self) -> nn.Module:
         """The best policy's pruned model as the search saved it (before any fine-tune)."""
-        from autoprune.pruning import load_pruned
+        from autoprune.model_io import load_pruned
 
         return load_pruned(self.run_dir / "pruned.pt")[0]
 
     def final(self) -> tuple[nn.Module, str]:
         """The model to ship: the fine-tuned one when ``autoprune finetune`` ran, else the pruned one."""
-        from autoprune.pruning import load_pruned
+        from autoprune.model_io import load_pruned
 
         for name in ("finetuned.pt", "pruned.pt"):
             if (self.run_dir / name).exists():

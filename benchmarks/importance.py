@@ -38,7 +38,7 @@ from search_quality import row_label
 from torch import nn
 
 from autoprune.evaluation import Evaluator
-from autoprune.pruning import IMPORTANCE_NAMES, Criterion
+from autoprune.importance import IMPORTANCE_NAMES, Criterion
 from autoprune.search_spaces import Policy
 from autoprune.training import accuracy
 

@@ -37,7 +37,7 @@ from reference import reference_setup  # benchmarks/reference.py: run as python 
 from autoprune.budget import Budget
 from autoprune.costs import count_costs
 from autoprune.evaluation import Evaluator, recalibrate_batchnorm
-from autoprune.pruning import IMPORTANCE_NAMES
+from autoprune.importance import IMPORTANCE_NAMES
 from autoprune.search import create_searcher
 from autoprune.search_spaces import Policy
 from autoprune.training import TrainConfig, accuracy, train

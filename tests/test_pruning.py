@@ -4,8 +4,11 @@ import torch
 from torch import nn
 
 from autoprune.costs import count_costs
+from autoprune.groups import UnsupportedModelError
+from autoprune.importance import IMPORTANCE_NAMES
+from autoprune.model_io import export_onnx, load_pruned, save_pruned
 from autoprune.models import MODEL_NAMES, create_model
-from autoprune.pruning import IMPORTANCE_NAMES, Pruner, UnsupportedModelError, export_onnx, load_pruned, save_pruned
+from autoprune.pruning import Pruner
 from autoprune.search_spaces import SearchSpace
 
 

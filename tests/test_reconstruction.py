@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.pruning import Pruner, apply_plan
+from autoprune.pruning import Pruner
 from autoprune.reconstruction import reconstruct
 from autoprune.search_spaces import SearchSpace
+from autoprune.surgery import apply_plan
 
 
 def _duplicate_unit(layer: nn.Module, copy_of: int, into: int) -> None:

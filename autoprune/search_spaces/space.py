@@ -4,7 +4,7 @@ A *group* is a set of tensor dimensions that must lose the same channels togethe
 of a conv, its BatchNorm and the inputs of the next conv; every conv of a residual stage; the
 expand, depthwise and project convs of an inverted residual; the q, k and v rows of an attention
 head. A policy gives ONE ratio per group (pruning per conv would prune residual stages again and
-again). Groups are discovered with Torch-Pruning's dependency graph (see :mod:`autoprune.pruning`)
+again). Groups are discovered with Torch-Pruning's dependency graph (see :mod:`autoprune.discovery`)
 and listed in forward order, so a sequential agent (AMC) visits them input to output.
 """
 
@@ -12,83 +12,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from autoprune.costs import CostModel, Costs, count_costs
+from autoprune.discovery import DISCOVERY_TIMEOUT, discover_groups
+from autoprune.forward import Inputs, call, first_example
+from autoprune.groups import GroupMember, GroupSpec, UnsupportedModelError
+from autoprune.models import default_ignored_layers
 from autoprune.search_spaces.policy import Policy, PolicyError
+from autoprune.surgery import prune_shape_only
 
-if TYPE_CHECKING:
-    from autoprune.costs import CostModel, Costs
-    from autoprune.latency import LatencyTable
-
-__all__ = ["GroupMember", "GroupSpec", "SearchSpace"]
+__all__ = ["GroupMember", "GroupSpec", "LatencyPredictor", "SearchSpace"]
 
 
-@dataclass(frozen=True, eq=False)
-class GroupMember:
-    """One tensor dimension a group prunes.
+class LatencyPredictor(Protocol):
+    """What a search space needs of a latency table (:class:`autoprune.latency.LatencyTable` is one)."""
 
-    Attributes:
-        module: qualified name of the layer.
-        out: True for its output dimension (dim 0 of weight, bias, BN affine), False for its input
-            dimension (dim 1 of weight).
-        index: ``(units, k)`` integer array; row ``u`` lists the indices of this dimension that go
-            when unit ``u`` of the group is pruned (``k`` > 1 behind a flatten, or for heads).
-    """
-
-    module: str
-    out: bool
-    index: np.ndarray = field(repr=False)
-
-    def indices(self, units: np.ndarray) -> list[int]:
-        """Indices of this dimension removed when ``units`` (of the group) are pruned."""
-        return self.index[units].ravel().tolist()
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """A prunable coupled group and everything a search needs to know about it.
-
-    Attributes:
-        name: the group's stable name: the first layer (in forward order) whose outputs it prunes.
-        kind: ``"channels"`` or ``"heads"`` (attention heads, pruned whole).
-        units: how many channels (or heads) the group has.
-        unit_size: output channels of ``name`` per unit (1 for channels, ``head_dim`` for heads).
-        members: the tensor dimensions pruned with it.
-        position: forward-execution index of ``name`` in the model.
-        in_channels, kernel, stride: facts of the layer ``name`` (AMC's layer embedding).
-        low, high: bounds of the prune ratio of this group.
-        flops_share, params_share: fraction of the dense model's FLOPs (MACs) / parameters that
-            depend on this group, i.e. what removing it entirely would save.
-    """
-
-    name: str
-    kind: str
-    units: int
-    unit_size: int
-    members: tuple[GroupMember, ...] = field(repr=False)
-    position: int = 0
-    in_channels: int = 0
-    kernel: int = 1
-    stride: int = 1
-    low: float = 0.0
-    high: float = 0.8
-    flops_share: float = 0.0
-    params_share: float = 0.0
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        """Names of the layers this group touches, in order of first mention."""
-        return tuple(dict.fromkeys(m.module for m in self.members))
-
-    @property
-    def channels(self) -> int:
-        """Output channels of the named layer that this group controls."""
-        return self.units * self.unit_size
+    def predict(self, space: SearchSpace, keep: np.ndarray) -> float: ...
 
 
 class SearchSpace:
@@ -109,15 +54,16 @@ class SearchSpace:
         self.cost_model = cost_model
         self._index = {g.name: i for i, g in enumerate(self.groups)}
         self._units = np.array([g.units for g in self.groups], dtype=np.int64)
-        self.latency_table: LatencyTable | None = None
+        self.latency_table: LatencyPredictor | None = None
 
     # ----------------------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model: nn.Module, example_inputs: torch.Tensor, *,
+    def from_model(cls, model: nn.Module, example_inputs: Inputs, *,
                    ignored_layers: Sequence[nn.Module | str] | None = None,
                    bounds: tuple[float, float] = (0.0, 0.8),
                    group_bounds: Mapping[str, tuple[float, float]] | None = None,
-                   round_to: int | None = None, verify_costs: bool = True) -> SearchSpace:
+                   round_to: int | None = None, verify_costs: bool = True,
+                   discovery_timeout: float = DISCOVERY_TIMEOUT) -> SearchSpace:
         """Discover the prunable groups of ``model``.
 
         Args:
@@ -128,17 +74,14 @@ class SearchSpace:
             bounds: default ``(low, high)`` prune-ratio bounds of every group.
             group_bounds: per-group overrides of ``bounds``, by group name.
             round_to: keep channel counts at multiples of this (fast kernels like multiples of 8).
-            verify_costs: physically prune one random policy and check that the analytic cost
+            verify_costs: physically prune random policies and check that the analytic cost
                 model matches the counted FLOPs and parameters; raises if it does not.
+            discovery_timeout: seconds group discovery may take before it stops with an error.
 
         Raises:
-            autoprune.pruning.UnsupportedModelError: nothing prunable, or a layer the cost model
-                cannot follow.
+            autoprune.groups.UnsupportedModelError: nothing prunable, a layer the cost model
+                cannot follow (the message names it), or discovery past its time limit.
         """
-        from autoprune import pruning
-        from autoprune.costs import CostModel
-        from autoprune.models import default_ignored_layers
-
         _check_bounds("bounds", bounds)
         if round_to is not None and round_to < 1:
             raise ValueError(f"round_to must be a positive channel count, got {round_to}")
@@ -152,8 +95,16 @@ class SearchSpace:
                     raise ValueError(f"ignored layer {layer!r} is not a module of the model")
                 layer = named[layer]
             ignored_modules.append(layer)
-        discovered, unprunable = pruning.discover_groups(model, example_inputs, ignored_modules)
+        discovered, unprunable = discover_groups(model, example_inputs, ignored_modules, timeout=discovery_timeout)
         cost_model = CostModel(model, example_inputs, discovered)
+        if verify_costs:  # a group whose pruning breaks the model or its costs is left whole, with the reason
+            discovered, broken = _probe_groups(model, example_inputs, discovered, cost_model)
+            if broken:
+                unprunable.update(broken)
+                if not discovered:
+                    raise UnsupportedModelError("no group can be pruned without breaking the model: " + "; ".join(
+                        f"{k}: {v}" for k, v in broken.items()))
+                cost_model = CostModel(model, example_inputs, discovered)
         group_bounds = dict(group_bounds or {})
         unknown = set(group_bounds) - {g.name for g in discovered}
         if unknown:
@@ -175,7 +126,7 @@ class SearchSpace:
         space = cls(groups, cost_model=cost_model, round_to=round_to,
                     ignored=[names.get(m, "?") for m in ignored_modules], unprunable=unprunable)
         if verify_costs:
-            pruning.verify_cost_model(model, space, example_inputs)
+            space.verify_costs(model, example_inputs)
         return space
 
     # ----------------------------------------------------------------------------------------
@@ -234,7 +185,7 @@ class SearchSpace:
         """A policy drawn uniformly within the bounds."""
         return Policy({g.name: float(rng.uniform(g.low, g.high)) for g in self.groups})
 
-    def attach_latency(self, table: LatencyTable) -> None:
+    def attach_latency(self, table: LatencyPredictor) -> None:
         """Make :meth:`costs` also predict latency with ``table`` (so latency budgets can be enforced)."""
         self.latency_table = table
 
@@ -253,6 +204,32 @@ class SearchSpace:
     def dense_costs(self) -> Costs:
         return self._costs(self._units)
 
+    def shaped_copy(self, model: nn.Module, policy: Mapping[str, float]) -> nn.Module:
+        """A physically pruned copy of ``model`` with the shapes ``policy`` gives (not its accuracy:
+        the first units of each group go; costs and latency depend only on how many)."""
+        return prune_shape_only(model, self.groups, self.keep_units(self.validate(policy)))
+
+    def verify_costs(self, model: nn.Module, example_inputs: Inputs, *, policies: int = 2, seed: int = 0) -> None:
+        """Prune random policies physically and check the analytic costs against counted ones.
+
+        Raises:
+            UnsupportedModelError: the pruned model does not run, or its costs differ; the message
+                names the layers whose counted and predicted costs differ and what to ignore.
+        """
+        rng = np.random.default_rng(seed)
+        for _ in range(policies):
+            policy = self.sample(rng)
+            keep = self.keep_units(policy)
+            try:
+                pruned = prune_shape_only(model, self.groups, keep)
+                counted = count_costs(pruned, example_inputs)
+            except Exception as e:
+                raise UnsupportedModelError(f"the model no longer runs after pruning ({type(e).__name__}: {e}); "
+                                            "add the offending layers to ignored_layers") from e
+            predicted = self.cost_model.costs(keep)
+            if counted != predicted:
+                raise UnsupportedModelError(_cost_mismatch(pruned, self.cost_model, keep, counted, predicted))
+
     def summary(self) -> list[dict[str, object]]:
         """One row per group (name, kind, units, layers, FLOPs share) for tables and reports."""
         return [{"group": g.name, "kind": g.kind, "units": g.units, "layers": len(g.layers),
@@ -264,3 +241,55 @@ def _check_bounds(what: str, bounds: tuple[float, float]) -> None:
     low, high = bounds
     if not 0.0 <= low <= high < 1.0:
         raise ValueError(f"{what}={bounds} must satisfy 0 <= low <= high < 1 (a ratio of 1 would remove a group)")
+
+
+def _probe_groups(model: nn.Module, example_inputs: Inputs, groups: Sequence[GroupSpec], cost_model: CostModel
+                  ) -> tuple[list[GroupSpec], dict[str, str]]:
+    """Prune each group alone by a quarter: keep the groups whose pruned model runs, gives outputs of
+    the dense shape and costs exactly what the cost model says; the others with the reason why.
+
+    A safety net for dependencies Torch-Pruning's graph misses (it visits a layer reached through two
+    paths once, e.g. a depthwise conv after a Ghost module's concatenation).
+    """
+    dense_shape = tuple(call(model.eval(), first_example(example_inputs)).shape)
+    units = np.array([g.units for g in groups], dtype=np.int64)
+    kept, broken = [], {}
+    for i, g in enumerate(groups):
+        keep = units.copy()
+        keep[i] = max(1, g.units - max(1, g.units // 4))
+        try:
+            pruned = prune_shape_only(model, groups, keep)
+            with torch.no_grad():
+                shape = tuple(call(pruned, first_example(example_inputs)).shape)
+            counted = count_costs(pruned, example_inputs)
+        except Exception as e:
+            broken[g.name] = f"pruning it breaks the model ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+            continue
+        if shape != dense_shape:
+            broken[g.name] = f"pruning it changes the output shape {dense_shape} to {shape}"
+        elif counted != cost_model.costs(keep):
+            broken[g.name] = "its counted costs differ from the analytic ones (an operation outside the priced layers)"
+        else:
+            kept.append(g)
+    return kept, broken
+
+
+def _cost_mismatch(pruned: nn.Module, cost_model: CostModel, keep: np.ndarray, counted: Costs,
+                   predicted: Costs) -> str:
+    """Name the layers whose parameters differ from their prediction (MACs are only known in total)."""
+    modules = dict(pruned.named_modules())
+    parameters = dict(pruned.named_parameters())
+    wrong = []
+    for name, cost in cost_model.layer_costs(keep).items():
+        if name in parameters:
+            actual = parameters[name].numel()
+        elif name in modules:
+            actual = sum(p.numel() for p in modules[name].parameters(recurse=False))
+        else:
+            continue
+        if actual != cost.params:
+            wrong.append(f"{name} ({actual} params counted, {cost.params} predicted)")
+    where = "; ".join(wrong[:5]) if wrong else "operations outside the priced layers (a reshape, a functional call)"
+    return (f"analytic costs differ from counted after pruning (MACs {predicted.macs} predicted, {counted.macs} "
+            f"counted; params {predicted.params} vs {counted.params}) at: {where}; add the layers there to "
+            "ignored_layers")
