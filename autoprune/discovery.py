@@ -10,9 +10,11 @@ top of the graph it adds what Torch-Pruning 1.6 does not do (see :mod:`autoprune
   into one group whose unit is one conv group);
 * uneven maps (a concatenation sliced short, as in GhostNet): the units that map to fewer indices
   stay whole, so every prunable unit removes the same number of indices and costs stay exact;
-* split / chunk: Torch-Pruning's own index mapping for ``split`` is wrong in 1.6.1 (it maps the
-  producer's indices to the wrong slice, or fails with ``IndexError``), so splits are traced as
-  slices (:func:`_splits_as_slices`), which it maps correctly.
+* split / chunk: Torch-Pruning 1.6.1's index mapping for ``split`` fails (``IndexError``) or maps
+  the pieces wrongly, so splits are traced as slices (:func:`_splits_as_slices`) and their producer
+  is kept whole with the reason (:func:`_split_pieces`); the layers around the cut stay prunable.
+* a safety net in :meth:`autoprune.search_spaces.SearchSpace.from_model` prunes each group alone and
+  leaves whole, with the reason, any group whose pruned model breaks or mis-prices.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -94,44 +96,80 @@ def forward_order(model: nn.Module, x: Inputs) -> dict[str, int]:
     return order
 
 
+@dataclass(frozen=True)
+class _SplitCall:
+    """A ``split`` / ``chunk`` seen while tracing: who produced the tensor and how it was cut."""
+
+    producer: str | None  # the nearest layer (by its parameters) upstream of the cut tensor
+    dim: int
+    sizes: tuple[int, ...]
+    fixed: bool  # sizes written into the model's code (split) rather than derived at run time (chunk)
+
+
+def _producer(t: torch.Tensor, owners: dict[int, str]) -> str | None:
+    """The module of the first parameter found walking the autograd graph back from ``t``."""
+    frontier, seen = [t.grad_fn], set()
+    while frontier:
+        nxt = []
+        for fn in frontier:
+            if fn is None or id(fn) in seen:
+                continue
+            seen.add(id(fn))
+            variable = getattr(fn, "variable", None)
+            if variable is not None and id(variable) in owners:
+                return owners[id(variable)]
+            nxt += [f for f, _ in getattr(fn, "next_functions", ())]
+        frontier = nxt
+    return None
+
+
 @contextmanager
-def _splits_as_slices() -> Iterator[None]:
-    """Trace ``split`` / ``chunk`` as one slice per piece, which Torch-Pruning 1.6.1 maps correctly.
+def _splits_as_slices(model: nn.Module | None = None, calls: list[_SplitCall] | None = None) -> Iterator[None]:
+    """Trace ``split`` / ``chunk`` as one slice per piece, which Torch-Pruning 1.6.1 maps correctly,
+    and record each call in ``calls``.
 
     Its ``split`` index mapping misplaces indices (pruning a C2f block fails with ``IndexError`` or a
     channel mismatch); slices are mapped exactly. Only the tracing forward pass is affected.
     """
-    split, chunk = torch.Tensor.split, torch.Tensor.chunk
+    originals = torch.Tensor.split, torch.Tensor.chunk, torch.split, torch.chunk
+    owners = {id(p): name.rpartition(".")[0] for name, p in (model.named_parameters() if model else ())}
 
-    def slice_along(self: torch.Tensor, size: int | Sequence[int], dim: int = 0) -> tuple[torch.Tensor, ...]:
-        n = self.shape[dim]
-        sizes = [size] * (-(-n // size)) if isinstance(size, int) else list(size)
+    def cut(t: torch.Tensor, size: int | Sequence[int], dim: int = 0, fixed: bool = True) -> tuple[torch.Tensor, ...]:
+        dim = dim % t.dim()
+        n = t.shape[dim]
+        sizes = [min(size, n - i) for i in range(0, n, size)] if isinstance(size, int) else list(size)
+        if calls is not None:
+            calls.append(_SplitCall(_producer(t, owners), dim, tuple(sizes), fixed and not isinstance(size, int)))
         out, start = [], 0
-        index: list[slice] = [slice(None)] * self.dim()
+        index: list[slice] = [slice(None)] * t.dim()
         for s in sizes:
-            s = min(s, n - start)
             index[dim] = slice(start, start + s)
-            out.append(self[tuple(index)])
+            out.append(t[tuple(index)])
             start += s
         return tuple(out)
 
-    def chunk_along(self: torch.Tensor, chunks: int, dim: int = 0) -> tuple[torch.Tensor, ...]:
-        return slice_along(self, -(-self.shape[dim] // chunks), dim)
+    def chunk(t: torch.Tensor, chunks: int, dim: int = 0) -> tuple[torch.Tensor, ...]:
+        return cut(t, -(-t.shape[dim] // chunks), dim, fixed=False)
 
-    torch.Tensor.split, torch.Tensor.chunk = slice_along, chunk_along  # type: ignore[method-assign,assignment]
+    def split(t: torch.Tensor, size: int | Sequence[int], dim: int = 0) -> tuple[torch.Tensor, ...]:
+        return cut(t, size, dim)
+
+    torch.Tensor.split, torch.Tensor.chunk = split, chunk  # type: ignore[method-assign,assignment]
+    torch.split, torch.chunk = split, chunk  # type: ignore[assignment]
     try:
         yield
     finally:
-        torch.Tensor.split, torch.Tensor.chunk = split, chunk  # type: ignore[method-assign]
+        torch.Tensor.split, torch.Tensor.chunk, torch.split, torch.chunk = originals  # type: ignore[method-assign]
 
 
-def build_graph(model: nn.Module, example_inputs: Inputs, *, timeout: float = DISCOVERY_TIMEOUT
-                ) -> tp.DependencyGraph:
-    """Trace ``model`` into Torch-Pruning's dependency graph (with autoprune's custom pruners)."""
+def build_graph(model: nn.Module, example_inputs: Inputs, *, timeout: float = DISCOVERY_TIMEOUT,
+                splits: list[_SplitCall] | None = None) -> tp.DependencyGraph:
+    """Trace ``model`` into Torch-Pruning's dependency graph (with autoprune's custom pruners);
+    ``splits`` collects the ``split`` / ``chunk`` calls seen."""
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), _time_limit("tracing", timeout), _splits_as_slices():
+        with warnings.catch_warnings(), _time_limit("tracing", timeout), _splits_as_slices(model, splits):
             # Bare nn.Parameters are pruned along their last non-singleton axis, as autoprune prices them.
             warnings.filterwarnings("ignore", message=".*Unwrapped parameters.*")
             warnings.filterwarnings("ignore", message=".*last non-singleton dimension.*")
@@ -229,7 +267,8 @@ def discover_groups(model: nn.Module, example_inputs: Inputs, ignored_layers: Se
         groups.append(_spec(query, "heads", layout.units, layout.head_dim * layout.query_heads_per_unit, heads,
                             order.get(query, 0), modules[query], layout.query_heads_per_unit))
 
-    graph = build_graph(model, example_inputs, timeout=timeout)
+    splits: list[_SplitCall] = []
+    graph = build_graph(model, example_inputs, timeout=timeout, splits=splits)
     roots = (*_ROOT_TYPES, *custom_pruners(model))
     with _time_limit("grouping", timeout):
         tp_groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=roots))
@@ -267,6 +306,8 @@ def discover_groups(model: nn.Module, example_inputs: Inputs, ignored_layers: Se
             groups.append(spec)
     groups, blocked = _whole_blocks(groups, modules, order)
     unprunable.update(blocked)
+    groups, cut = _split_pieces(groups, splits)
+    unprunable.update(cut)
     groups = [replace(g, maskable=not any(_is_norm(modules.get(m.module) or _owner(m.module, modules))
                                           for m in g.members)) for g in groups]
     if not groups:
@@ -315,7 +356,7 @@ def _even_units(first: str, units: int, raw: list[GroupMember], order: dict[str,
 
 
 def _regroup(group: GroupSpec, key: tuple[str, bool], block: int) -> GroupSpec | str:
-    """``group`` with units merged into whole blocks of ``block`` indices of dimension ``key``."""
+    """``group`` with units merged into whole blocks of ``block`` consecutive indices of dimension ``key``."""
     member = next(m for m in group.members if (m.module, m.out) == key)
     if member.index.shape[1] != 1:
         return f"layer {key[0]!r} is pruned in blocks but its channels are already grouped"
@@ -329,6 +370,30 @@ def _regroup(group: GroupSpec, key: tuple[str, bool], block: int) -> GroupSpec |
     members = tuple(GroupMember(m.module, m.out, m.index[rows].reshape(len(ids), -1)) for m in group.members)
     named = next((m for m in members if m.module == group.name and m.out), members[0])
     return replace(group, units=len(ids), unit_size=named.index.shape[1], members=members)
+
+
+def _split_pieces(groups: list[GroupSpec], splits: Sequence[_SplitCall]) -> tuple[list[GroupSpec], dict[str, str]]:
+    """Leave the producer of a channel ``split`` / ``chunk`` whole, saying why.
+
+    ``split`` with sizes written into the model's code would cut the pruned tensor at the old sizes.
+    For ``chunk`` (sizes derived at run time) every piece would have to lose as many channels, and
+    Torch-Pruning 1.6.1 follows the pieces to their consumers incompletely (a layer reached along two
+    paths is visited once), so the group it returns would not prune the model consistently. The
+    layers on either side of the cut (a C2f block's bottlenecks and its output conv) stay prunable.
+    """
+    problems: dict[str, str] = {}
+    work = list(groups)
+    for cut in splits:
+        if cut.producer is None or cut.dim != 1 or len(cut.sizes) < 2:
+            continue
+        i = next((k for k, g in enumerate(work) if any(m.module == cut.producer and m.out for m in g.members)), None)
+        if i is None:
+            continue
+        how = (f"split({list(cut.sizes)}) with sizes fixed in the model's code (it would cut the pruned tensor "
+               "at the old sizes)" if cut.fixed else f"chunk() into {len(cut.sizes)} pieces (each piece would "
+               "have to lose as many channels, which Torch-Pruning 1.6.1 does not follow)")
+        problems[work.pop(i).name] = f"layer {cut.producer!r} feeds {how}; kept whole"
+    return work, problems
 
 
 def _whole_blocks(groups: list[GroupSpec], modules: dict[str, nn.Module], order: dict[str, int]
