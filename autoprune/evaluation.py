@@ -24,6 +24,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoprune.budget import Budget
+from autoprune.forward import Inputs, call, dataset, examples, take, to_device
+from autoprune.forward import batch_size as count
 from autoprune.importance import DATA_CRITERIA, Criterion
 from autoprune.pruning import Pruner
 from autoprune.result import Result
@@ -41,13 +43,17 @@ __all__ = ["RELEASE_BN_IMAGES", "Evaluator", "Result", "recalibrate_batchnorm"]
 RELEASE_BN_IMAGES = 8192
 
 
+def _clone(inputs: Inputs) -> Inputs:
+    return {k: v.clone() for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.clone()
+
+
 def _bn_order(n_train: int, seed: int) -> torch.Tensor:
     """The seeded order in which TRAIN images are drawn for BatchNorm recalibration: the search takes
     its first few, :meth:`Evaluator.release` a longer prefix of the same order."""
     return torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
 
 
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+def recalibrate_batchnorm(model: nn.Module, x: Inputs, batch_size: int) -> None:
     """Re-estimate every BatchNorm's running statistics on ``x`` (cumulative average, no grads)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -61,8 +67,8 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) ->
     device = model_device(model)
     try:
         with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                model(x[i:i + batch_size].to(device))
+            for i in range(0, count(x), batch_size):
+                call(model, to_device(take(x, slice(i, i + batch_size)), device))
     finally:
         for bn, m in zip(bns, momenta, strict=True):
             bn.momentum = m
@@ -105,25 +111,28 @@ class Evaluator:
         self.space = space
         self.budget = budget or Budget()
         self.train_data = train_data
-        x_val, y_val = val_data.tensors
+        x_val, y_val = examples(val_data)
         # clones, not views: a view pickles (to Ray workers) with the whole split behind it
-        self.val = TensorDataset(x_val[:val_size].clone(), y_val[:val_size].clone())
-        x_train = train_data.tensors[0]
-        pick = _bn_order(len(x_train), seed)[: bn_batches * batch_size]
-        self.bn_inputs = x_train[pick]
+        self.val = dataset(_clone(take(x_val, slice(0, val_size))), y_val[:val_size].clone())
+        x_train, y_train = examples(train_data)
+        pick = _bn_order(count(x_train), seed)[: bn_batches * batch_size]
+        self.bn_inputs = take(x_train, pick)
         self.batch_size, self.finetune_steps, self.seed = batch_size, finetune_steps, seed
         self.reward_fn = get_reward(reward)
         self._baseline: Baseline | None = None
-        example = x_train[:1].clone()
+        example = _clone(take(x_train, slice(0, 1)))
         # "energy" reads the activations of all the BN images, "taylor" (or a criterion object) one batch's
         # gradients; without BN recalibration they get the images it would have used by default.
         if not len(pick) and (importance in DATA_CRITERIA or not isinstance(importance, str)):
-            pick = _bn_order(len(x_train), seed)[: 8 * batch_size]
+            pick = _bn_order(count(x_train), seed)[: 8 * batch_size]
         used = pick if importance == "energy" else pick[:batch_size]
-        calibration = (x_train[used], train_data.tensors[1][used]) if len(used) else None
+        calibration = (take(x_train, used), y_train[used]) if len(used) else None
         self.pruner = Pruner(model, space, importance=importance, example_inputs=example,
                              calibration=calibration, seed=seed)
         self.device = torch.device(device)
+        if path == "mask" and not self.pruner.maskable:
+            raise ValueError("path='mask' cannot prune this space exactly (a LayerNorm, RMSNorm or GroupNorm reads "
+                             "pruned channels); use path='exact' or 'auto'")
         self.path = "exact" if finetune_steps or self.device.type != "cpu" else path
         self.path_timing: dict[str, float] = {}
 
@@ -135,15 +144,15 @@ class Evaluator:
         if self.train_data is None:
             raise RuntimeError("release() needs the TRAIN split; call it on the driver's evaluator, not a worker's")
         model = self.pruner.prune(policy)
-        x_train = self.train_data.tensors[0]
-        order = _bn_order(len(x_train), self.seed)
+        x_train = examples(self.train_data)[0]
+        order = _bn_order(count(x_train), self.seed)
         if reconstruct:
             from autoprune.reconstruction import RECONSTRUCT_IMAGES
             from autoprune.reconstruction import reconstruct as refit
 
-            refit(self.model, model, self.pruner.plan(policy), x_train[order[:RECONSTRUCT_IMAGES]],
+            refit(self.model, model, self.pruner.plan(policy), take(x_train, order[:RECONSTRUCT_IMAGES]),
                   batch_size=self.batch_size, seed=self.seed)
-        recalibrate_batchnorm(model, x_train[order[:bn_images]], self.batch_size)
+        recalibrate_batchnorm(model, take(x_train, order[:bn_images]), self.batch_size)
         return model
 
     # ----------------------------------------------------------------------------------------
@@ -213,8 +222,11 @@ class Evaluator:
         almost nothing up front but runs at dense cost. Which wins depends on the model and on
         how many images an evaluation forwards, so it is measured rather than assumed.
         """
-        n_batches = math.ceil(len(self.bn_inputs) / self.batch_size) + math.ceil(len(self.val) / self.batch_size)
-        x = self.val.tensors[0][: self.batch_size]
+        n_batches = math.ceil(count(self.bn_inputs) / self.batch_size) + math.ceil(len(self.val) / self.batch_size)
+        x = take(examples(self.val)[0], slice(0, self.batch_size))
+        if not self.pruner.maskable:  # masks cannot represent every group of this space exactly
+            self.path, self.path_timing = "exact", {}
+            return
         timing = {}
         for path in ("exact", "mask"):
             self.path = path
@@ -222,10 +234,10 @@ class Evaluator:
             with self._pruned(policy) as model, torch.no_grad():
                 prepare = time.perf_counter() - t
                 model.eval()
-                model(x)  # warm-up
+                call(model, x)  # warm-up
                 t = time.perf_counter()
                 for _ in range(2):
-                    model(x)
+                    call(model, x)
                 per_batch = (time.perf_counter() - t) / 2
             timing[path] = prepare + n_batches * per_batch
         self.path = min(timing, key=timing.__getitem__)

@@ -42,7 +42,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, repeats: int = 15) -> 
         raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
     run = open_run(run_dir)
     model, source = run.final()
-    x = run.splits.example_inputs(8)
+    x = run.splits.tensor_inputs(8)
     out_dir = run.run_dir / "export"
     out_dir.mkdir(exist_ok=True)
     if fmt == "torch":

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from autoprune.evaluation import recalibrate_batchnorm
+from autoprune.forward import batch_size as count
+from autoprune.forward import examples, take
 from autoprune.model_io import read_plan, save_pruned
 from autoprune.run import open_run
 from autoprune.training import TrainConfig, accuracy, train
@@ -43,8 +45,9 @@ def finetune_run(run_dir: str | Path, *, epochs: float = 1.0, lr: float = 0.05, 
           teacher=run.dense if distill else None, show_progress=show_progress)
     seconds = time.perf_counter() - start
     # the last training steps moved the BN statistics with a high learning rate: re-estimate them
-    x = run.splits.train.tensors[0]
-    recalibrate_batchnorm(model, x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:2048]], 128)
+    x = examples(run.splits.train)[0]
+    order = torch.randperm(count(x), generator=torch.Generator().manual_seed(0))
+    recalibrate_batchnorm(model, take(x, order[:2048]), 128)
     save_pruned(run.run_dir / "finetuned.pt", model, read_plan(run.run_dir / "pruned.pt"), run.spec)
     record = {"epochs": epochs, "lr": lr, "distill": distill, "seconds": seconds,
               "test_accuracy_before": before, "test_accuracy": accuracy(model, run.splits.test),

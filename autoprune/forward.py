@@ -9,13 +9,15 @@ element (a tuple or dict).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
-__all__ = ["Inputs", "OutputSelector", "batch_size", "call", "first_example", "select_output", "take"]
+__all__ = ["Inputs", "NamedInputs", "OutputSelector", "batch_size", "call", "dataset", "examples", "first_example",
+           "select_output", "take", "to_device"]
 
 Inputs: TypeAlias = torch.Tensor | Mapping[str, torch.Tensor]
 OutputSelector: TypeAlias = Callable[[Any], torch.Tensor]
@@ -54,3 +56,38 @@ def first_example(inputs: Inputs) -> Inputs:
 
 def batch_size(inputs: Inputs) -> int:
     return len(next(iter(inputs.values()))) if isinstance(inputs, Mapping) else len(inputs)
+
+
+def to_device(inputs: Inputs, device: torch.device) -> Inputs:
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
+class NamedInputs(TensorDataset):
+    """A dataset whose model input is several named tensors (``input_ids``, ``attention_mask``, ...)
+    passed as keyword arguments, followed by the labels: ``NamedInputs(ids, mask, labels, names=(
+    "input_ids", "attention_mask"))``. A plain ``TensorDataset(x, y)`` passes ``x`` positionally."""
+
+    def __init__(self, *tensors: torch.Tensor, names: Sequence[str]) -> None:
+        if len(names) != len(tensors) - 1:
+            raise ValueError(f"NamedInputs needs one name per input tensor: {len(tensors) - 1} inputs, "
+                             f"{len(names)} names")
+        super().__init__(*tensors)
+        self.names = tuple(names)
+
+
+def examples(data: TensorDataset) -> tuple[Inputs, torch.Tensor]:
+    """The model inputs and the labels of a dataset (see :class:`NamedInputs`)."""
+    names = getattr(data, "names", None)
+    if names:
+        return dict(zip(names, data.tensors[:-1], strict=True)), data.tensors[-1]
+    x, y = data.tensors
+    return x, y
+
+
+def dataset(inputs: Inputs, labels: torch.Tensor) -> TensorDataset:
+    """The dataset :func:`examples` reads back as ``(inputs, labels)``."""
+    if isinstance(inputs, Mapping):
+        return NamedInputs(*inputs.values(), labels, names=list(inputs))
+    return TensorDataset(inputs, labels)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune.forward import Inputs, call, take, to_device
+from autoprune.forward import batch_size as count
 from autoprune.training import model_device
 
 __all__ = ["RECONSTRUCT_IMAGES", "reconstruct"]
@@ -28,7 +30,7 @@ _POSITIONS_PER_IMAGE = 64
 
 
 def reconstruct(dense: nn.Module, pruned: nn.Module, plan: Mapping[tuple[str, bool], Sequence[int]],
-                images: torch.Tensor, *, batch_size: int = 64, ridge: float = 1e-3, seed: int = 0) -> list[str]:
+                images: Inputs, *, batch_size: int = 64, ridge: float = 1e-3, seed: int = 0) -> list[str]:
     """Refit, in place, every layer of ``pruned`` that lost input channels under ``plan`` (dense
     coordinates, as :meth:`autoprune.pruning.Pruner.plan` gives it) to reproduce ``dense``'s outputs
     on ``images``. Depthwise/grouped convolutions, convolutions with string padding or
@@ -37,7 +39,7 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, plan: Mapping[tuple[str, bo
     ``ridge`` is relative to the mean diagonal of each layer's Gram matrix. Returns the refitted layers' names.
     """
     dense_modules, pruned_modules = dict(dense.named_modules()), dict(pruned.named_modules())
-    calls = _call_counts(pruned, images[:1])
+    calls = _call_counts(pruned, take(images, slice(0, 1)))
     removed_out = {name: set(idxs) for (name, out), idxs in plan.items() if out}
     refitted = []
     generator = torch.Generator().manual_seed(seed)
@@ -49,8 +51,8 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, plan: Mapping[tuple[str, bo
                                  if i not in removed_out.get(name, ())])
         channels = -1 if isinstance(layer, nn.Linear) else 1  # a Linear's features are its input's last dim
         gram, cross = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-        for i in range(0, len(images), batch_size):  # the normal equations, accumulated batch by batch
-            x = images[i:i + batch_size]
+        for i in range(0, count(images), batch_size):  # the normal equations, accumulated batch by batch
+            x = take(images, slice(i, i + batch_size))
             y = _capture(dense, dense_modules[name], x, output=True).index_select(channels, keep_out)
             rows, targets = _rows(layer, _capture(pruned, layer, x, output=False), y, generator)
             gram, cross = gram + rows.T @ rows, cross + rows.T @ targets
@@ -72,14 +74,14 @@ def _refittable(layer: nn.Module) -> bool:
             and not isinstance(layer.padding, str) and layer.padding_mode == "zeros")  # what F.unfold reproduces
 
 
-def _call_counts(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+def _call_counts(model: nn.Module, x: Inputs) -> dict[str, int]:
     """Conv/Linear layers in the order the forward pass calls them, with how often it does."""
     counts: dict[str, int] = {}
     hooks = [m.register_forward_hook(lambda *_, n=n: counts.__setitem__(n, counts.get(n, 0) + 1))
              for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            model.eval()(x.to(model_device(model)))
+            call(model.eval(), to_device(x, model_device(model)))
     finally:
         for h in hooks:
             h.remove()
@@ -90,7 +92,7 @@ class _Captured(Exception):
     """Raised by the hook to stop the forward pass once the layer of interest has run."""
 
 
-def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor, *, output: bool) -> torch.Tensor:
+def _capture(model: nn.Module, layer: nn.Module, x: Inputs, *, output: bool) -> torch.Tensor:
     seen: list[torch.Tensor] = []
 
     def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
@@ -100,7 +102,7 @@ def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor, *, output: boo
     handle = layer.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            model.eval()(x.to(model_device(model)))
+            call(model.eval(), to_device(x, model_device(model)))
     except _Captured:
         pass
     finally:

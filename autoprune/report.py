@@ -49,7 +49,7 @@ def measure_run_latency(run: RunContents, *, repeats: int = 15) -> dict[str, Any
         return cached
     from autoprune.latency import make_runner, measure
 
-    x = run.splits.example_inputs(1)
+    x = run.splits.tensor_inputs(1)
     pruned = run.pruned()
     out: dict[str, Any] = {"batch": 1, "threads": 1}
     for runtime in ("torch", "onnxruntime"):

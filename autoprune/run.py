@@ -289,7 +289,7 @@ def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
     from autoprune.latency import make_runner, measure
 
     evaluator, budget = searcher.evaluator, _budget(config)  # the limit itself, not the search's margin
-    x = splits.example_inputs(config.latency.batch)
+    x = splits.tensor_inputs(config.latency.batch)
     runtime = config.latency.runtime
     dense_runner = make_runner(evaluator.model, x, runtime)
     candidates = sorted((r for r in searcher.ledger.results if r.ok), key=lambda r: -(r.reward or -math.inf))

@@ -28,7 +28,8 @@ def apply_plan(model: nn.Module, plan: Mapping[tuple[str, bool], Sequence[int]])
     """Physically remove ``plan``'s indices from ``model`` in place (dense coordinates)."""
     modules = dict(model.named_modules())
     parameters = dict(model.named_parameters())
-    for (name, out), idxs in plan.items():
+    # inputs before outputs: a grouped conv's group count (which tells its blocks) changes with its outputs
+    for (name, out), idxs in sorted(plan.items(), key=lambda item: item[0][1]):
         idxs = sorted(set(int(i) for i in idxs))
         if not idxs:
             continue

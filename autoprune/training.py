@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from autoprune.forward import OutputSelector, call, examples, select_output, take, to_device
 from autoprune.progress import track_progress
 
 __all__ = ["TrainConfig", "accuracy", "model_device", "train"]
@@ -70,36 +71,39 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: TensorDataset, *, batch_size: int = 500, limit: int | None = None) -> float:
+def accuracy(model: nn.Module, data: TensorDataset, *, batch_size: int = 500, limit: int | None = None,
+             select: OutputSelector = select_output) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on the first ``limit`` examples of ``data``."""
-    x_all, y_all = data.tensors
+    x_all, y_all = examples(data)
     if limit is not None:
-        x_all, y_all = x_all[:limit], y_all[:limit]
+        x_all, y_all = take(x_all, slice(0, limit)), y_all[:limit]
     was_training = model.training
     model.eval()
     device = model_device(model)
     correct = 0
     for i in range(0, len(y_all), batch_size):
-        logits = model(x_all[i:i + batch_size].to(device))
-        correct += int((logits.argmax(1).cpu() == y_all[i:i + batch_size]).sum())
+        logits = call(model, to_device(take(x_all, slice(i, i + batch_size)), device), select)
+        correct += int((logits.argmax(-1).cpu() == y_all[i:i + batch_size]).sum())
     model.train(was_training)
     return correct / max(1, len(y_all))
 
 
 def train(model: nn.Module, data: TensorDataset, config: TrainConfig = TrainConfig(), *,
-          teacher: nn.Module | None = None, max_steps: int | None = None, show_progress: bool = True) -> nn.Module:
+          teacher: nn.Module | None = None, max_steps: int | None = None, show_progress: bool = True,
+          select: OutputSelector = select_output) -> nn.Module:
     """Train ``model`` in place with one-cycle SGD and return it.
 
     Args:
         model: the network to train (dense, or a pruned copy to fine-tune).
-        data: training tensors ``(x, y)``.
+        data: training tensors ``(x, y)``, or :class:`~autoprune.forward.NamedInputs` (token ids and masks).
         config: optimiser schedule; ``epochs`` may be fractional.
         teacher: if given, the loss mixes cross-entropy with KL divergence to the teacher's
             softened outputs (Hinton et al. 2015), useful to recover a pruned model.
         max_steps: stop after this many steps (a short fine-tune inside an evaluation).
         show_progress: show a progress bar with the running loss.
+        select: picks the logits from the model's output (default: a tensor, else ``.logits``, else the first).
     """
-    x_all, y_all = data.tensors
+    x_all, y_all = examples(data)
     gen = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(len(y_all) / config.batch_size)
     total = max(1, int(round(config.epochs * steps_per_epoch)))
@@ -114,22 +118,22 @@ def train(model: nn.Module, data: TensorDataset, config: TrainConfig = TrainConf
     device = model_device(model)
     step, running = 0, float("nan")
     batches: list[torch.Tensor] = []
-    safe = device.type != "cpu" or onednn_safe(model, x_all)
+    safe = device.type != "cpu" or not isinstance(x_all, torch.Tensor) or onednn_safe(model, x_all)
     with track_progress("training", total, enabled=show_progress) as bar, _onednn(enabled=safe):
         while step < total:
             if not batches:
                 batches = _batches(len(y_all), config.batch_size, gen)
             idx = batches.pop(0)
-            x, y = x_all[idx], y_all[idx]
-            if config.hflip and x.dim() == 4:
+            x, y = take(x_all, idx), y_all[idx]
+            if config.hflip and isinstance(x, torch.Tensor) and x.dim() == 4:
                 flip = torch.rand(len(idx), generator=gen) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
+            x, y = to_device(x, device), y.to(device)
+            logits = call(model, x, select)
             loss = F.cross_entropy(logits, y)
             if teacher is not None:
                 with torch.no_grad():
-                    t_logits = teacher(x)
+                    t_logits = call(teacher, x, select)
                 t = config.distill_temperature
                 kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(t_logits / t, 1), reduction="batchmean") * t * t
                 loss = (1 - config.distill_weight) * loss + config.distill_weight * kd

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
+
+from autoprune.forward import Inputs, dataset, examples, take
 
 __all__ = ["DATASET_NAMES", "DatasetMissingError", "Splits", "load_dataset"]
 
@@ -52,11 +54,25 @@ class Splits:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one example, e.g. ``(1, 28, 28)``."""
+        """Shape of one example, e.g. ``(1, 28, 28)`` (of the first input tensor for token inputs)."""
         return tuple(self.train.tensors[0].shape[1:])
 
-    def example_inputs(self, batch: int = 1) -> torch.Tensor:
-        return self.train.tensors[0][:batch].clone()
+    def example_inputs(self, batch: int = 1) -> Inputs:
+        """The first ``batch`` training inputs: a tensor, or a dict of named tensors for token inputs."""
+        x = take(examples(self.train)[0], slice(0, batch))
+        return {k: v.clone() for k, v in x.items()} if isinstance(x, Mapping) else x.clone()
+
+    def tensor_inputs(self, batch: int = 1) -> torch.Tensor:
+        """The first ``batch`` training inputs as one tensor, for latency timing and export.
+
+        Raises:
+            ValueError: the inputs are named tensors (token ids and masks), which those do not take yet.
+        """
+        x = self.example_inputs(batch)
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"latency timing and export take one input tensor; this data passes {sorted(x)} by name "
+                             "(search and fine-tune with the Python API, and export the model yourself)")
+        return x
 
     @classmethod
     def from_loaders(cls, train: Iterable[Any], val: Iterable[Any], test: Iterable[Any] | None = None, *,
@@ -66,6 +82,9 @@ class Splits:
 
         The batches are gathered into memory once: a search forwards the same few thousand
         images for every policy, and tensors in memory keep that loop free of loader overhead.
+        ``inputs`` may be a dict of tensors passed to the model by name (a tokenizer's ``input_ids`` and
+        ``attention_mask``, padded to one length); a batch may also be a dict holding ``labels`` (the
+        Hugging Face convention).
 
         Args:
             train: training batches; adaptive BN and fine-tuning draw from them.
@@ -75,25 +94,38 @@ class Splits:
             max_train: gather at most this many training examples (``None``: all of them).
         """
         def gather(loader: Iterable[Any], limit: int | None, which: str) -> TensorDataset:
-            xs, ys, n = [], [], 0
+            xs: list[Any] = []
+            ys, n = [], 0
             for batch in loader:
+                if isinstance(batch, Mapping) and "labels" in batch:
+                    batch = ({k: v for k, v in batch.items() if k != "labels"}, batch["labels"])
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                     raise ValueError(f"{which} loader must yield (inputs, labels) batches, got {type(batch).__name__}")
-                x, y = torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
-                xs.append(x.float())
+                if isinstance(batch[0], Mapping):  # token ids and masks: kept as integers, by name
+                    xs.append({k: torch.as_tensor(v) for k, v in batch[0].items()})
+                else:
+                    xs.append(torch.as_tensor(batch[0]).float())
+                y = torch.as_tensor(batch[1])
                 ys.append(y.long())
                 n += len(y)
                 if limit is not None and n >= limit:
                     break
             if not xs:
                 raise ValueError(f"{which} loader yielded no batches")
+            labels = torch.cat(ys)[:limit]
+            if isinstance(xs[0], Mapping):
+                try:
+                    named = {k: torch.cat([x[k] for x in xs])[:limit].clone() for k in xs[0]}
+                except RuntimeError as e:
+                    raise ValueError(f"{which} loader's token batches differ in length ({e}); pad every batch to "
+                                     "one length (tokenizer(..., padding='max_length', max_length=N))") from None
+                return dataset(named, labels)
             # a fresh row-major copy: loaders may hand out channels-last or strided views
-            return TensorDataset(torch.cat(xs)[:limit].clone(memory_format=torch.contiguous_format),
-                                 torch.cat(ys)[:limit])
+            return TensorDataset(torch.cat(xs)[:limit].clone(memory_format=torch.contiguous_format), labels)
 
         tr, va = gather(train, max_train, "train"), gather(val, None, "val")
         te = gather(test, None, "test") if test is not None else va
-        classes = num_classes or int(max(int(d.tensors[1].max()) for d in (tr, va, te))) + 1
+        classes = num_classes or int(max(int(d.tensors[-1].max()) for d in (tr, va, te))) + 1
         return cls(name=name, train=tr, val=va, test=te, num_classes=classes)
 
 
