@@ -138,9 +138,11 @@ class CostModel:
             if g.kind == "heads":
                 if g.name not in self.shapes:
                     raise UnsupportedModelError(f"attention layer {g.name!r} did not run on the example inputs")
-                tokens = _tokens(modules[g.name], self.shapes[g.name][0])
+                # every query row meets every key of its sequence (a window, for windowed attention)
+                in_shape = self.shapes[g.name][0]
+                queries, keys = _tokens(modules[g.name], in_shape), int(in_shape[-2]) if len(in_shape) > 2 else 1
                 layers.append(PricedLayer(g.name + "#attention", "attention", Dim(g.channels, ((i, g.unit_size),)),
-                                          Dim(1), 2 * tokens * tokens, 0, 0))
+                                          Dim(1), 2 * queries * keys, 0, 0))
         self.layers: tuple[PricedLayer, ...] = tuple(layers)
         self.layer_names = [layer.name for layer in layers]
         # Dimensions as matrices, so that pricing a policy is two matrix-vector products (the env's

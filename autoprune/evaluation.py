@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoprune.budget import Budget
-from autoprune.forward import Inputs, call, dataset, examples, take, to_device
+from autoprune.forward import Inputs, OutputSelector, call, dataset, examples, select_output, take, to_device
 from autoprune.forward import batch_size as count
 from autoprune.importance import DATA_CRITERIA, Criterion
 from autoprune.pruning import Pruner
@@ -41,6 +41,10 @@ __all__ = ["RELEASE_BN_IMAGES", "Evaluator", "Result", "recalibrate_batchnorm"]
 # drawn. On the 17 searched ResNet-20 policies of benchmarks/results/search_quality.md, 512 -> 8,192
 # images changed test accuracy by -0.4 to +0.8 points, +0.2 on average.
 RELEASE_BN_IMAGES = 8192
+
+
+def _raw(output: Any) -> Any:  # an output selector that keeps the output as it is (timing, BN statistics)
+    return output
 
 
 def _clone(inputs: Inputs) -> Inputs:
@@ -68,7 +72,7 @@ def recalibrate_batchnorm(model: nn.Module, x: Inputs, batch_size: int) -> None:
     try:
         with torch.no_grad():
             for i in range(0, count(x), batch_size):
-                call(model, to_device(take(x, slice(i, i + batch_size)), device))
+                call(model, to_device(take(x, slice(i, i + batch_size)), device), select=_raw)  # outputs unused
     finally:
         for bn, m in zip(bns, momenta, strict=True):
             bn.momentum = m
@@ -97,12 +101,15 @@ class Evaluator:
         device: where pruned copies are recalibrated, fine-tuned and scored (``"cuda"`` when a GPU
             is there). Pruning itself runs on the CPU; a device other than the CPU implies the
             exact path, since masks act on the shared CPU model.
+        select: picks the logits from the model's output (default: a tensor, else ``.logits``, else the
+            first element of a tuple or dict).
     """
 
     def __init__(self, model: nn.Module, space: SearchSpace, *, train_data: TensorDataset, val_data: TensorDataset,
                  budget: Budget | None = None, importance: Criterion = "l2", val_size: int = 2000, bn_batches: int = 8,
                  batch_size: int = 64, finetune_steps: int = 0, path: str = "auto",
-                 reward: str | Reward | None = None, seed: int = 0, device: str | torch.device = "cpu") -> None:
+                 reward: str | Reward | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                 select: OutputSelector = select_output) -> None:
         if path not in ("auto", "exact", "mask"):
             raise ValueError(f"path must be 'auto', 'exact' or 'mask', got {path!r}")
         if val_size < 1 or bn_batches < 0 or batch_size < 1 or finetune_steps < 0:
@@ -127,8 +134,9 @@ class Evaluator:
             pick = _bn_order(count(x_train), seed)[: 8 * batch_size]
         used = pick if importance == "energy" else pick[:batch_size]
         calibration = (take(x_train, used), y_train[used]) if len(used) else None
+        self.select = select
         self.pruner = Pruner(model, space, importance=importance, example_inputs=example,
-                             calibration=calibration, seed=seed)
+                             calibration=calibration, seed=seed, select=select)
         self.device = torch.device(device)
         if path == "mask" and not self.pruner.maskable:
             raise ValueError("path='mask' cannot prune this space exactly (a LayerNorm, RMSNorm or GroupNorm reads "
@@ -178,13 +186,13 @@ class Evaluator:
                     torch.manual_seed(self.seed)
                     train(model, self.train_data, TrainConfig(epochs=1.0, batch_size=self.batch_size, max_lr=0.01,
                                                               seed=self.seed),
-                          max_steps=self.finetune_steps, show_progress=False)
+                          max_steps=self.finetune_steps, show_progress=False, select=self.select)
                     seconds["finetune"] = time.perf_counter() - t
                 t = time.perf_counter()
                 recalibrate_batchnorm(model, self.bn_inputs, self.batch_size)
                 seconds["recalibrate"] = time.perf_counter() - t
                 t = time.perf_counter()
-                acc = accuracy(model, self.val, batch_size=max(self.batch_size, 500))
+                acc = accuracy(model, self.val, batch_size=max(self.batch_size, 500), select=self.select)
                 seconds["validate"] = time.perf_counter() - t
             reward = float(self.reward_fn(replace(base, accuracy=acc), self.baseline))
             if not math.isfinite(reward):
@@ -234,10 +242,10 @@ class Evaluator:
             with self._pruned(policy) as model, torch.no_grad():
                 prepare = time.perf_counter() - t
                 model.eval()
-                call(model, x)  # warm-up
+                call(model, x, select=_raw)  # warm-up
                 t = time.perf_counter()
                 for _ in range(2):
-                    call(model, x)
+                    call(model, x, select=_raw)
                 per_batch = (time.perf_counter() - t) / 2
             timing[path] = prepare + n_batches * per_batch
         self.path = min(timing, key=timing.__getitem__)
@@ -255,6 +263,6 @@ class Evaluator:
 
     def dense_accuracy(self) -> float:
         """Validation accuracy of the unpruned model (its own BN statistics)."""
-        return accuracy(self.model, self.val, batch_size=max(self.batch_size, 500))
+        return accuracy(self.model, self.val, batch_size=max(self.batch_size, 500), select=self.select)
 
 

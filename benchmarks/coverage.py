@@ -6,10 +6,12 @@ imports, it measures:
 
 * discovery: ``SearchSpace.from_model`` wall time (group discovery + cost model + per-group probe),
   groups by kind, the groups left whole and why;
-* the share of the dense model's MACs inside prunable groups (what a search can act on);
+* the share of the dense model's MACs in layers whose *outputs* a group prunes (what a search can act on;
+  a layer that only loses inputs, such as the classifier, does not count), and the share in layers with
+  either dimension pruned;
 * exact costs: analytic == counted FLOPs and parameters on 5 random policies, physically pruned;
 * the pruned model runs and gives outputs of the dense shape;
-* a 5-evaluation random search runs (random inputs and labels: this checks the machinery, not accuracy);
+* a 5-evaluation random search at 70% FLOPs runs (random inputs and labels: it checks the machinery, not accuracy);
 * plain Torch-Pruning 1.6.1 (``MetaPruner``, magnitude importance, 30% of channels, its own defaults with
   the output layer ignored): does the pruned model run with the right output shape.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import time
@@ -34,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from autoprune.budget import Budget
 from autoprune.costs import count_costs
 from autoprune.evaluation import Evaluator
 from autoprune.forward import Inputs, call, dataset, select_output
@@ -44,6 +48,7 @@ from autoprune.search import create_searcher
 from autoprune.search_spaces import SearchSpace
 
 RESULTS = Path(__file__).parent / "results"
+TP_TIMEOUT = 60  # seconds plain Torch-Pruning gets per model (it hangs on Llama-style attention)
 TIMM_MODELS = ("vit_tiny_patch16_224", "deit_tiny_patch16_224", "mobilevit_xxs")
 
 
@@ -64,12 +69,22 @@ def _random_data(x: Inputs, classes: int, n: int = 48) -> TensorDataset:
     return dataset(inputs, torch.randint(0, classes, (n,), generator=g))
 
 
+def _last_position(output: Any) -> torch.Tensor:
+    return select_output(output)[:, -1]
+
+
 def _plain_torch_pruning(model: nn.Module, x: Inputs) -> dict[str, Any]:
     """What a user gets from Torch-Pruning alone: its MetaPruner at 30% with the output layer ignored."""
     import torch_pruning as tp
 
     dense_shape = tuple(call(model, x).shape)
     start = time.perf_counter()
+
+    def stop(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {TP_TIMEOUT} s (stopped)")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(TP_TIMEOUT)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -85,6 +100,9 @@ def _plain_torch_pruning(model: nn.Module, x: Inputs) -> dict[str, Any]:
     except Exception as e:
         return {"ok": False, "seconds": time.perf_counter() - start,
                 "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def measure(name: str, family: str, model: nn.Module, x: Inputs, tp_model: nn.Module) -> dict[str, Any]:
@@ -104,8 +122,11 @@ def measure(name: str, family: str, model: nn.Module, x: Inputs, tp_model: nn.Mo
         kinds[g.kind] = kinds.get(g.kind, 0) + 1
     cm = space.cost_model
     dense = space.dense_costs
-    priced = sum(c.macs for c in cm.layer_costs(cm.units).values())
-    row.update(groups=kinds, left_whole=dict(space.unprunable), prunable_macs_share=priced / dense.macs,
+    per_layer = cm.layer_costs(cm.units)
+    touched = sum(c.macs for c in per_layer.values())  # layers with a pruned input or output dimension
+    outputs = sum(per_layer[layer.name].macs for layer in cm.layers if layer.out.terms)  # pruned outputs
+    row.update(groups=kinds, left_whole=dict(space.unprunable), prunable_macs_share=outputs / dense.macs,
+               touched_macs_share=touched / dense.macs,
                dense_macs=dense.macs, dense_params=dense.params, maskable=all(g.maskable for g in space.groups))
     pruner = Pruner(model, space, example_inputs=x)
     rng = np.random.default_rng(0)
@@ -119,8 +140,11 @@ def measure(name: str, family: str, model: nn.Module, x: Inputs, tp_model: nn.Mo
     row.update(exact_costs=f"{exact}/5", runs_pruned=f"{runs}/5")
     try:
         classes = dense_shape[-1]
+        # a causal LM's logits are per position: score it on the next token after the prompt
+        select = _last_position if len(dense_shape) == 3 and isinstance(x, torch.Tensor) and not x.is_floating_point() \
+            else select_output
         evaluator = Evaluator(model, space, train_data=_random_data(x, classes), val_data=_random_data(x, classes),
-                              val_size=32, bn_batches=1, batch_size=16)
+                              budget=Budget(flops=0.7), val_size=32, bn_batches=1, batch_size=16, select=select)
         best = create_searcher("random", evaluator=evaluator, seed=0).run(5, show_progress=False)
         row["search"] = "ok" if best is not None else "no result"
     except Exception as e:
@@ -208,11 +232,11 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{summary['models']} into a model that runs with the right output shape",
         f"- transformers searchable by heads and MLP channels: {summary['transformers_by_heads_and_mlp']} of "
         f"{summary['transformers']}",
-        f"- median share of MACs inside prunable groups: {summary['median_prunable_macs_share']:.0%}",
+        f"- median share of MACs in layers whose outputs a group prunes: {summary['median_prunable_macs_share']:.0%}",
         f"- slowest discovery: {summary['max_discovery_s']:.1f} s",
         "",
-        "| model | family | searchable | groups (kind: n) | MACs in prunable groups | exact costs | pruned runs "
-        "| discovery s | plain Torch-Pruning | groups left whole (why) |",
+        "| model | family | searchable | groups (kind: n) | MACs with prunable outputs (either side) | exact costs "
+        "| pruned runs | discovery s | plain Torch-Pruning | groups left whole (why) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -222,10 +246,16 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         groups = ", ".join(f"{k}: {v}" for k, v in r.get("groups", {}).items())
         whole = "; ".join(f"`{k}`: {v}" for k, v in r.get("left_whole", {}).items()) or r.get("error", "")
         tp = "ok" if r["torch_pruning"]["ok"] else f"fails: {r['torch_pruning']['error']}"
-        share = f"{r['prunable_macs_share']:.0%}" if "prunable_macs_share" in r else ""
+        share = (f"{r['prunable_macs_share']:.0%} ({r['touched_macs_share']:.0%})" if "prunable_macs_share" in r
+                 else "")
         lines.append(f"| {r['model']} | {r['family']} | {'yes' if r.get('searchable') else 'no'} | {groups} | {share} "
                      f"| {r.get('exact_costs', '')} | {r.get('runs_pruned', '')} | {r['discovery_s']:.2f} | {tp} "
                      f"| {whole.replace('|', '/')} |")
+    lines += ["", "timm: measured in a separate virtual environment, `pip install -c constraints.txt timm` "
+              "installs timm 1.0.31 with torchvision 0.28.0 beside torch 2.13.0+cpu, and `import timm` fails with "
+              "`RuntimeError: operator torchvision::nms does not exist` (torchvision's build does not match the "
+              "CPU torch). The `timm_style_vit` row stands in: timm's `Attention` (fused qkv, stored "
+              "`num_heads`), class token, position embeddings and layer scale."]
     if summary["not_installed"]:
         lines += ["", f"Not run (transformers not installed): {', '.join(summary['not_installed'])}."]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -278,6 +278,59 @@ class ConvTransposeNet(nn.Module):
         return self.out(self.dec(self.enc(x)))
 
 
+# --- attention written as timm writes it ---------------------------------------------------------
+class StoredHeadsAttention(nn.Module):
+    """timm's ``Attention``: a fused ``qkv`` Linear reshaped with the head count *stored* on the module."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class TimmStyleViT(nn.Module):
+    """A DeiT-style ViT as timm writes it: class token, position embeddings, stored head counts, layer scale."""
+
+    def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, 8, 8)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            self.blocks.append(nn.ModuleDict({  # a block per ModuleDict: norm, attention, layer scale, MLP
+                "norm1": nn.LayerNorm(dim), "attn": StoredHeadsAttention(dim, heads), "ls1": LayerScale(dim),
+                "norm2": nn.LayerNorm(dim), "fc1": nn.Linear(dim, 2 * dim), "fc2": nn.Linear(2 * dim, dim),
+                "ls2": LayerScale(dim)}))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+        for block in self.blocks:
+            b = cast(nn.ModuleDict, block)
+            x = x + b["ls1"](b["attn"](b["norm1"](x)))
+            x = x + b["ls2"](b["fc2"](nn.functional.gelu(b["fc1"](b["norm2"](x)))))
+        return self.head(self.norm(x)[:, 0])
+
+
 # --- Hugging Face transformers (built from configs: random weights, no download) -------------------
 def _hf_vision(kind: str) -> tuple[nn.Module, torch.Tensor]:
     hf: Any = importlib.import_module("transformers")  # optional: typed loosely
@@ -355,6 +408,7 @@ ENTRIES: tuple[GalleryEntry, ...] = (
     GalleryEntry("ghostnet", "concat then slice (uneven)", _own(GhostNet)),
     GalleryEntry("groupnorm_cnn1d", "GroupNorm, Conv1d", _own(GroupNormCNN1d, lambda: torch.randn(2, 3, 8, 8))),
     GalleryEntry("convtranspose", "ConvTranspose2d", _own(ConvTransposeNet)),
+    GalleryEntry("timm_style_vit", "stored num_heads, class token, layer scale", _own(TimmStyleViT)),
     GalleryEntry("hf_vit", "separate q/k/v, LayerNorm, cls token + position embeddings",
                  _hf(_hf_vision, "vit"), "transformers"),
     GalleryEntry("hf_deit", "separate q/k/v, distillation token", _hf(_hf_vision, "deit"), "transformers"),
