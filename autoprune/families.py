@@ -107,6 +107,18 @@ def _head_biases(model: nn.Module, block: str, module: nn.Module, heads: int, pe
     return tuple(found)
 
 
+def _fused_layout(model: nn.Module, block: str, module: nn.Module, fused: str, out: str, width: int
+                  ) -> HeadLayout | None:
+    """Heads of a fused projection (rows q | k | v, ``width`` each) and its output projection."""
+    d = _head_dim(module, width)
+    if d is None:
+        return None
+    heads = width // d
+    rows = np.concatenate([_head_rows(heads, 1, d, s * width) for s in range(3)], axis=1)
+    return HeadLayout(block, ((f"{block}.{fused}", rows),), ((f"{block}.{out}", _head_rows(heads, 1, d)),),
+                      _head_biases(model, block, module, heads, 1), 1, d)
+
+
 class AttentionSpelling:
     """One way of writing attention. Subclasses find blocks; :meth:`resync` is shared."""
 
@@ -139,14 +151,9 @@ class FusedQKV(AttentionSpelling):
             qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
             if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
                 continue
-            width = qkv.out_features // 3
-            d = _head_dim(m, width)
-            if d is None:
-                continue
-            heads = width // d
-            rows = np.concatenate([_head_rows(heads, 1, d, s * width) for s in range(3)], axis=1)
-            yield HeadLayout(block, ((f"{block}.qkv", rows),), ((f"{block}.proj", _head_rows(heads, 1, d)),),
-                             _head_biases(model, block, m, heads, 1), 1, d)
+            layout = _fused_layout(model, block, m, "qkv", "proj", qkv.out_features // 3)
+            if layout is not None:
+                yield layout
 
 
 class SeparateProjections(AttentionSpelling):
@@ -197,14 +204,9 @@ class GPT2Attention(AttentionSpelling):
             if not (c_attn is not None and c_proj is not None and is_conv1d_transposed_linear(c_attn)
                     and is_conv1d_transposed_linear(c_proj) and isinstance(getattr(m, "split_size", None), int)):
                 continue
-            width = conv1d_sizes(c_attn)[0] // 3
-            d = _head_dim(m, width)
-            if d is None:
-                continue
-            heads = width // d
-            rows = np.concatenate([_head_rows(heads, 1, d, s * width) for s in range(3)], axis=1)
-            yield HeadLayout(block, ((f"{block}.c_attn", rows),), ((f"{block}.c_proj", _head_rows(heads, 1, d)),),
-                             (), 1, d)
+            layout = _fused_layout(model, block, m, "c_attn", "c_proj", conv1d_sizes(c_attn)[0] // 3)
+            if layout is not None:
+                yield layout
 
     def resync(self, module: nn.Module, layout: HeadLayout, kept_units: int) -> None:
         super().resync(module, layout, kept_units)

@@ -241,7 +241,7 @@ class GhostNet(nn.Module):
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
         self.body = nn.Sequential(_cbr(3, 16, 3, 2), GhostModule(16, 32), _cbr(32, 32, 3, 2, groups=32),
-                                  GhostModule(32, 48), GhostModule(48, 64))
+                                  GhostModule(32, 47), GhostModule(47, 64))  # 47: the slice drops one cheap channel
         self.head = _Classifier(64, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
