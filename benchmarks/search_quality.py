@@ -222,10 +222,21 @@ def _mean_std(values: list[float]) -> str:
 
 def write_markdown(rows: list[dict], path: Path) -> None:
     commands = list(dict.fromkeys(r["command"] for r in rows))  # each row was made by one of these
-    lines = ["# Search quality: ResNet-20 on Fashion-MNIST", "", "Commands (each row of search_quality.jsonl names "
+    checkpoints = {_setting(r, "checkpoint") for r in rows}
+    only = next(iter(checkpoints)) if len(checkpoints) == 1 else None
+    meta_path = Path(str(only)).with_suffix(".json") if only else None
+    if meta_path is not None and meta_path.exists():  # a table of one other model: say which, and its accuracy
+        meta = json.loads(meta_path.read_text())
+        title = f"{meta['model']} on {meta['dataset']}"
+        model_line = (f"Model: `{meta_path.with_suffix('.pt')}`, {meta['test_accuracy']:.2%} test dense "
+                      f"(`{meta['command']}`). ")
+    else:
+        meta_path, title = None, "ResNet-20 on Fashion-MNIST"
+        model_line = ("Reference model: 92.53% test (rows marked *model X* start from another training of it, see "
+                      "`benchmarks/results/reference_variants/README.md`). ")
+    lines = [f"# Search quality: {title}", "", "Commands (each row of search_quality.jsonl names "
              "its own):", "", *[f"- `{c}`" for c in commands], "",
-             "Reference model: 92.53% test (rows marked *model X* start from another training of it, see "
-             "`benchmarks/results/reference_variants/README.md`). Search on adaptive-BN validation accuracy "
+             model_line + "Search on adaptive-BN validation accuracy "
              "(validation images carved from TRAIN); best policy physically pruned, FLOPs counted, test "
              "accuracy on the 10k TEST split without and with fine-tuning. "
              "*Release BN*: the same pruned model with its BatchNorm statistics "
@@ -236,8 +247,9 @@ def write_markdown(rows: list[dict], path: Path) -> None:
              "Overhead = fraction of wall time outside forward passes. *Steps*: units of work (a DDPG episode, a TPE "
              "trial, a generation); a DDPG episode that re-proposes an evaluated policy costs its training but "
              "adds no evaluation (recorded since the release-BN column was added).", "",
-             "Issue #4's reference points at 50% FLOPs (a plain Torch-Pruning + Optuna TPE script, 2,000 validation "
-             "images): uniform 76.5% test; TPE 88.3% test after 80 trials, 88.8% after 400 (validation 90.0%).", "",
+             *(["Issue #4's reference points at 50% FLOPs (a plain Torch-Pruning + Optuna TPE script, 2,000 "
+                "validation images): uniform 76.5% test; TPE 88.3% test after 80 trials, 88.8% after 400 "
+                "(validation 90.0%).", ""] if meta_path is None else []),
              "Ran on: " + "; ".join(sorted({f"{r.get('device', 'CPU')}, torch {r.get('torch', '?')}" for r in rows})),
              "",
              "| budget | backend | seeds | evals | steps | val (search) | test (no FT) | test, release BN (no FT) "
