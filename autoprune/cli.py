@@ -194,7 +194,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from autoprune import run
 
-    outcome = run.resume(args.run_dir, show_progress=not args.quiet)
+    outcome = run.resume(args.run_dir, show_progress=not args.quiet, evaluations=args.evaluations,
+                         workers=args.workers, address=args.address)
     if outcome.already_finished:
         print(f"{outcome.run_dir} is already finished; nothing to do")
     _print_outcome(outcome)
@@ -263,6 +264,9 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="example:\n  autoprune resume runs/tpe-20261123-101500",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("run_dir")
+    r.add_argument("--evaluations", type=int, help="extend the search to this many evaluations in all")
+    r.add_argument("--workers", type=int, help="evaluate on this many Ray workers from now on")
+    r.add_argument("--address", help="join this Ray cluster from now on")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--no-report", action="store_true", help="skip report.html")
     r.set_defaults(func=_cmd_resume)

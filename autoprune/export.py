@@ -17,6 +17,7 @@ import torch
 from autoprune.latency import measure
 from autoprune.model_io import export_onnx
 from autoprune.run import open_run
+from autoprune.run_directory import holding
 
 __all__ = ["EXPORT_FORMATS", "export_run"]
 
@@ -36,6 +37,7 @@ def _export_torch(model: torch.nn.Module, x: torch.Tensor, path: Path,
     return err, loaded
 
 
+@holding("autoprune export")
 def export_run(run_dir: str | Path, fmt: str = "onnx", *, repeats: int = 15) -> dict[str, Any]:
     """Export the run's final model as ``fmt`` into ``run_dir/export/``; returns what ``export.json`` records."""
     if fmt not in EXPORT_FORMATS:

@@ -18,11 +18,13 @@ from autoprune.forward import batch_size as count
 from autoprune.forward import examples, take
 from autoprune.model_io import read_plan, save_pruned
 from autoprune.run import open_run
+from autoprune.run_directory import holding
 from autoprune.training import TrainConfig, accuracy, train
 
 __all__ = ["finetune_run"]
 
 
+@holding("autoprune finetune")
 def finetune_run(run_dir: str | Path, *, epochs: float = 1.0, lr: float = 0.05, distill: bool = False,
                  show_progress: bool = True) -> dict[str, Any]:
     """Fine-tune the best pruned model of a finished run for ``epochs`` and save it next to it.

@@ -21,6 +21,7 @@ import numpy as np
 
 from autoprune.evaluation import Result
 from autoprune.run import RunContents, open_run
+from autoprune.run_directory import holding
 
 __all__ = ["build_report", "measure_run_latency", "pareto_front"]
 
@@ -210,6 +211,7 @@ def _slower_warning(latency: dict[str, Any]) -> str:
             "back). Search with <code>pruner.round_to: 8</code> or a latency budget.</p>")
 
 
+@holding("autoprune report")
 def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
     """Write ``report.html`` and its PNG figures into ``run_dir``; returns the HTML's path."""
     import matplotlib

@@ -25,6 +25,7 @@ from autoprune.budget import Budget, InfeasibleBudgetError, check_feasible
 from autoprune.config import Config, ConfigError, import_object, load_config
 from autoprune.data import Splits, load_dataset
 from autoprune.evaluation import Evaluator, Result
+from autoprune.run_directory import check_unchanged, freeze, hold
 from autoprune.search import LedgerSpec, Searcher, create_searcher
 from autoprune.search_spaces import SearchSpace
 
@@ -321,25 +322,46 @@ def _logging_to(run_dir: Path) -> logging.Handler:
 def start(config: Config, run_dir: str | Path, *, show_progress: bool = True) -> RunOutcome:
     """Start a search in ``run_dir`` (which must not hold another run)."""
     run_dir = Path(run_dir).resolve()
-    if (run_dir / "config.yaml").exists():
-        raise ConfigError(f"{run_dir} already holds a run; use 'autoprune resume {run_dir}' or another --run-dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file; name a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.dump(run_dir / "config.yaml")
-    handler = _logging_to(run_dir)
-    try:
-        return _search(config, run_dir, show_progress)
-    finally:
-        logging.getLogger("autoprune").removeHandler(handler)
+    with hold(run_dir, "autoprune search"):  # a live run there: RunInUseError names it (never suggest a racing resume)
+        if (run_dir / "config.yaml").exists():
+            raise ConfigError(f"{run_dir} already holds a run; use 'autoprune resume {run_dir}' or another --run-dir")
+        config.dump(run_dir / "config.yaml")
+        freeze(run_dir, config.model_dump(mode="json"))
+        handler = _logging_to(run_dir)
+        try:
+            return _search(config, run_dir, show_progress)
+        finally:
+            logging.getLogger("autoprune").removeHandler(handler)
 
 
-def resume(run_dir: str | Path, *, show_progress: bool = True) -> RunOutcome:
-    """Continue the run in ``run_dir``; a finished run is reported as such and left alone."""
+def resume(run_dir: str | Path, *, show_progress: bool = True, evaluations: int | None = None,
+           workers: int | None = None, address: str | None = None) -> RunOutcome:
+    """Continue the run in ``run_dir``; a finished run is reported as such and left alone.
+
+    ``evaluations`` (the total to reach), ``workers`` and ``address`` are the changes a run may take;
+    any edit of ``config.yaml`` since the start is refused (:func:`autoprune.run_directory.check_unchanged`).
+    """
     run_dir, summary = _existing_run(run_dir)
-    if summary.get("done"):
-        return RunOutcome(run_dir, summary, already_finished=True)
-    config = load_config(run_dir / "config.yaml")
-    handler = _logging_to(run_dir)
-    try:
-        return _search(config, run_dir, show_progress)
-    finally:
-        logging.getLogger("autoprune").removeHandler(handler)
+    with hold(run_dir, "autoprune resume"):
+        config = load_config(run_dir / "config.yaml")
+        check_unchanged(run_dir, config.model_dump(mode="json"))
+        search = {k: v for k, v in {"evaluations": evaluations, "workers": workers, "address": address}.items()
+                  if v is not None}
+        if search:
+            if summary.get("done") and evaluations is not None and evaluations > config.search.evaluations:
+                raise ConfigError(f"{run_dir} is finished with {config.search.evaluations} evaluations; extending "
+                                  "a finished run is not supported: start a new run with more evaluations")
+            config = Config.model_validate({**config.model_dump(), "search": {**config.search.model_dump(),
+                                                                               **search}})
+            config.dump(run_dir / "config.yaml")
+            freeze(run_dir, config.model_dump(mode="json"))
+        if summary.get("done"):
+            return RunOutcome(run_dir, summary, already_finished=True)
+        handler = _logging_to(run_dir)
+        try:
+            return _search(config, run_dir, show_progress)
+        finally:
+            logging.getLogger("autoprune").removeHandler(handler)

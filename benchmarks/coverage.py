@@ -176,7 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="model names to run (default: all)")
     parser.add_argument("--out", default=str(RESULTS / "coverage"), help="output path without extension")
+    parser.add_argument("--markdown-only", action="store_true", help="rebuild the .md from the .json and stop")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.markdown_only:
+        blob = json.loads(out.with_suffix(".json").read_text())
+        searchable = [r for r in blob["rows"] if r.get("searchable")]
+        blob["summary"]["nothing_left_whole"] = sum(1 for r in searchable if not r.get("left_whole"))
+        out.with_suffix(".json").write_text(json.dumps(blob, indent=2, default=str))
+        out.with_suffix(".md").write_text(_markdown(blob["summary"], blob["rows"]))
+        return 0
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     rows: list[dict[str, Any]] = []
@@ -201,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         k in r["model"] for k in ("vit", "deit", "swin", "bert", "gpt2", "llama", "qwen", "mistral"))]
     summary = {
         "models": len(measured), "searchable": len(searchable),
+        "nothing_left_whole": sum(1 for r in searchable if not r.get("left_whole")),
         "searchable_share": len(searchable) / max(1, len(measured)),
         "torch_pruning_ok": sum(r["torch_pruning"]["ok"] for r in measured),
         "transformers_by_heads_and_mlp": sum(1 for r in transformers if r.get("searchable")
@@ -212,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         "not_installed": missing, "command": "python benchmarks/coverage.py",
         "torch": torch.__version__, "python": sys.version.split()[0],
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=2, default=str))
     out.with_suffix(".md").write_text(_markdown(summary, rows))
@@ -230,6 +239,8 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- **searchable end to end with exact costs: {summary['searchable']} of {summary['models']}** "
         f"({summary['searchable_share']:.0%}); plain Torch-Pruning prunes {summary['torch_pruning_ok']} of "
         f"{summary['models']} into a model that runs with the right output shape",
+        f"- with no group left whole: {summary['nothing_left_whole']} of {summary['models']} (the others prune "
+        "every group but those listed in the last column, with the reason)",
         f"- transformers searchable by heads and MLP channels: {summary['transformers_by_heads_and_mlp']} of "
         f"{summary['transformers']}",
         f"- median share of MACs in layers whose outputs a group prunes: {summary['median_prunable_macs_share']:.0%}",

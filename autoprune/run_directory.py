@@ -1,0 +1,125 @@
+"""The run directory's guarantees: one writer at a time, and a configuration that cannot drift.
+
+* **Lock** (:func:`hold`): every command that writes into a run (``search``, ``resume``, ``finetune``,
+  ``export``, ``report``) holds an exclusive ``flock`` on ``RUN_DIR/.lock`` for as long as it runs. The
+  kernel releases it when the holder exits or dies, so a killed run never blocks the next one; a second
+  command on a held run stops at once with :class:`RunInUseError`, naming the holder.
+* **Frozen configuration** (:func:`freeze`, :func:`check_unchanged`): a run records the configuration
+  it was started with (``config.frozen.json``). ``resume`` refuses a ``config.yaml`` edited since: every
+  key decides what was or will be evaluated. The safe changes are options of ``resume`` (``--evaluations``
+  to extend the search, ``--workers``, ``--address``), which update both files together.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["FROZEN", "LOCK", "ConfigChangedError", "RunInUseError", "check_unchanged", "freeze", "hold", "holding"]
+
+T = TypeVar("T")
+
+LOCK = ".lock"
+FROZEN = "config.frozen.json"
+
+
+class RunInUseError(ValueError):
+    """Another process holds the run directory."""
+
+
+class ConfigChangedError(ValueError):
+    """``config.yaml`` was edited in keys that decide what the run evaluates."""
+
+
+@contextmanager
+def hold(run_dir: str | os.PathLike[str], command: str) -> Iterator[None]:
+    """Hold ``run_dir`` exclusively while the block runs (see the module docstring).
+
+    Raises:
+        RunInUseError: another live process holds it; the message names it and what to do.
+    """
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"{run_dir} holds no run (no such directory); start one with 'autoprune search CONFIG'")
+    path = Path(run_dir) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_holder(fd)
+        os.close(fd)
+        raise RunInUseError(
+            f"{Path(run_dir)} is in use by '{holder.get('command', '?')}' (pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to end, or stop it "
+            f"(kill {holder.get('pid', 'PID')}) and then 'autoprune resume {Path(run_dir)}'") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock (the kernel does the same if we die)
+
+
+def holding(command: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorate a function whose first argument is a run directory to :func:`hold` it while it runs."""
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def held(run_dir: str | os.PathLike[str], *args: Any, **kwargs: Any) -> T:
+            with hold(run_dir, command):
+                return fn(run_dir, *args, **kwargs)
+        return held
+    return wrap
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        return dict(json.loads(os.pread(fd, 4096, 0).decode() or "{}"))
+    except (ValueError, OSError):
+        return {}
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value and key != "options":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def freeze(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
+    """Record the configuration a run is (re)started with (written atomically)."""
+    path = Path(run_dir) / FROZEN
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def check_unchanged(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
+    """Compare ``config`` (as read from ``config.yaml``) with the frozen one.
+
+    Raises:
+        ConfigChangedError: a key differs; one line lists them and the way out.
+    """
+    path = Path(run_dir) / FROZEN
+    if not path.exists():  # a run started before configurations were frozen: freeze what is there now
+        freeze(run_dir, config)
+        return
+    before = _flatten(json.loads(path.read_text()))
+    now = _flatten(json.loads(json.dumps(config, default=str)))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:4])
+        raise ConfigChangedError(
+            f"{Path(run_dir) / 'config.yaml'} was edited since the run started: {shown}"
+            f"{' and more' if len(changed) > 4 else ''}; undo the edit (a run evaluates one configuration), start a "
+            "new run with 'autoprune search', or use resume's own options --evaluations, --workers, --address")

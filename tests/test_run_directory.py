@@ -1,0 +1,112 @@
+"""The run directory's guarantees: one writer at a time (a lock the kernel frees when its holder dies) and a
+configuration that cannot drift between start and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from autoprune import cli
+from autoprune.evaluation import Evaluator
+from autoprune.run_directory import ConfigChangedError, RunInUseError, check_unchanged, freeze, hold
+
+from .test_search_cli import SMOKE, _trials, _write
+
+HOLDER = ("import sys, time\nfrom autoprune.run_directory import hold\n"
+          "with hold(sys.argv[1], 'autoprune search'):\n    print('held', flush=True)\n    time.sleep(60)\n")
+
+
+def _hold_in_another_process(run_dir):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_held_run_refuses_a_second_writer_naming_the_holder(tmp_path):
+    holder = _hold_in_another_process(tmp_path)
+    try:
+        with pytest.raises(RunInUseError, match=f"pid {holder.pid}") as info, hold(tmp_path, "autoprune resume"):
+            pass
+        assert "autoprune search" in str(info.value) and "\n" not in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_of_a_killed_holder_is_free_at_once(tmp_path):
+    holder = _hold_in_another_process(tmp_path)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    start = time.monotonic()
+    with hold(tmp_path, "autoprune resume"):
+        pass
+    assert time.monotonic() - start < 1.0
+
+
+def test_resume_and_search_on_a_held_run_exit_2_with_one_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(SMOKE))
+    holder = _hold_in_another_process(run_dir)
+    try:
+        assert cli.main(["resume", str(run_dir), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"pid {holder.pid}" in err and len(err.splitlines()) == 1
+        assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet"]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err  # not "use resume", which would race the holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_edited_config_is_refused_listing_the_changed_keys(tmp_path):
+    config = {"budget": {"flops": 0.5}, "search": {"evaluations": 30, "backend": "tpe"}}
+    freeze(tmp_path, config)
+    check_unchanged(tmp_path, json.loads(json.dumps(config)))  # unchanged: fine
+    edited = {"budget": {"flops": 0.3}, "search": {"evaluations": 12, "backend": "tpe"}}
+    with pytest.raises(ConfigChangedError, match=r"budget\.flops \(0\.5 -> 0\.3\).*search\.evaluations"):
+        check_unchanged(tmp_path, edited)
+
+
+def test_resume_refuses_an_edited_budget_and_extends_with_its_option(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    calls = {"n": 0}
+    original = Evaluator.__call__
+
+    def interrupting(self, policy):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, policy)
+
+    monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet"]) == 130
+    monkeypatch.setattr(Evaluator, "__call__", original)
+    capsys.readouterr()
+    text = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(text.replace("flops: 0.5", "flops: 0.3"))
+    assert cli.main(["resume", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "budget.flops (0.5 -> 0.3)" in err and len(err.strip().splitlines()) == 1
+    assert _trials(run_dir) == 2  # nothing was evaluated under the edited budget
+    (run_dir / "config.yaml").write_text(text)
+    assert cli.main(["resume", str(run_dir), "--quiet", "--evaluations", "7", "--no-report"]) == 0
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["evaluations"] == 7 and _trials(run_dir) == 7
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["search"]["evaluations"] == 7
+
+
+def test_run_dir_naming_a_file_is_a_one_line_usage_error(tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("not a run")
+    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(target), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file" in err and len(err.splitlines()) == 1
+    assert target.read_text() == "not a run"
