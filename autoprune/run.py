@@ -25,8 +25,8 @@ from autoprune.budget import Budget, InfeasibleBudgetError, check_feasible
 from autoprune.config import Config, ConfigError, import_object, load_config
 from autoprune.data import Splits, load_dataset
 from autoprune.evaluation import Evaluator, Result
-from autoprune.run_directory import check_unchanged, freeze, hold
-from autoprune.search import LedgerSpec, Searcher, create_searcher
+from autoprune.run_directory import FROZEN, check_unchanged, freeze, hold
+from autoprune.search import LedgerSpec, Searcher, count_recorded, create_searcher
 from autoprune.search_spaces import SearchSpace
 
 __all__ = ["RunContents", "RunOutcome", "open_run", "resume", "start"]
@@ -333,6 +333,11 @@ def start(config: Config, run_dir: str | Path, *, show_progress: bool = True) ->
         handler = _logging_to(run_dir)
         try:
             return _search(config, run_dir, show_progress)
+        except ValueError:  # bad input (infeasible budget, unusable model, ...): leave no run to resume
+            if not config.search.storage and count_recorded(run_dir) == 0:
+                for name in ("config.yaml", FROZEN, CHECKPOINT, "ledger.db"):
+                    (run_dir / name).unlink(missing_ok=True)
+            raise
         finally:
             logging.getLogger("autoprune").removeHandler(handler)
 

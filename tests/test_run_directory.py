@@ -110,3 +110,14 @@ def test_run_dir_naming_a_file_is_a_one_line_usage_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "is a file" in err and len(err.splitlines()) == 1
     assert target.read_text() == "not a run"
+
+
+def test_a_start_that_fails_on_input_leaves_no_run_behind(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    infeasible = {**SMOKE, "budget": {"flops": 0.01}}
+    assert cli.main(["search", _write(tmp_path, infeasible), "--run-dir", str(run_dir), "--quiet"]) == 2
+    assert "budget" in capsys.readouterr().err
+    assert not (run_dir / "config.yaml").exists()
+    # the same command with a fixed budget now starts the run (no "use resume" dead end)
+    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
+    assert _trials(run_dir) == 5
