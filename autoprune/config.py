@@ -8,6 +8,7 @@ written into the run directory, so a run can be resumed or reproduced from it al
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,6 +159,11 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
         data = loaded or {}
     for key, value in (overrides or {}).items():
         _set(data, key, value)
+    return validate_config(data)
+
+
+def validate_config(data: Mapping[str, Any]) -> Config:
+    """A :class:`Config` from plain data; a problem is a one-line :class:`ConfigError` naming the key."""
     try:
         return Config.model_validate(data)
     except ValidationError as e:

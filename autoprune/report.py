@@ -22,6 +22,7 @@ import numpy as np
 from autoprune.evaluation import Result
 from autoprune.run import RunContents, open_run
 from autoprune.run_directory import holding
+from autoprune.search_spaces import Policy
 
 __all__ = ["build_report", "measure_run_latency", "pareto_front"]
 
@@ -221,7 +222,8 @@ def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
     results = run.evaluations()
     s = run.summary
     best = Result.from_dict(s["best"]) if s.get("best") else None
-    policy = json.loads((run.run_dir / "best_policy.json").read_text())
+    # the file may have been edited: a policy the space does not know is an error, not a misleading report
+    policy = run.space.validate(Policy.from_json((run.run_dir / "best_policy.json").read_text())).to_dict()
     budget = run.config.budget.model_dump()
     latency = measure_run_latency(run, repeats=latency_repeats)
     finetune, export = run.read("finetune.json"), run.read("export.json")

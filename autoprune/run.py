@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,7 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
 
     best = searcher.best
     if best is None:
-        raise RuntimeError("no evaluation completed within budget; see the failures in the ledger")
+        raise RuntimeError(_why_nothing_completed(searcher.ledger.results))
     evaluator, budget = searcher.evaluator, _budget(config)
     measured = None
     if budget.needs_latency:  # the table predicts; the shipped model must meet it when measured
@@ -224,6 +225,17 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
                "done": True}
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _why_nothing_completed(results: list[Result]) -> str:
+    """The message for a search with no usable result: the most common failure, not only the budget."""
+    failures = Counter(r.failed[:160] for r in results if r.failed)
+    if failures:
+        cause, n = failures.most_common(1)[0]
+        return (f"no evaluation completed: {n} of {len(results)} failed with '{cause}' (the most common "
+                "failure; every failure is in the ledger); fix that, e.g. the reward, and start again")
+    return (f"no evaluation met the budget ({len(results)} evaluated, all over it); loosen the budget or lower "
+            "pruner.bounds' minimum")
 
 
 @dataclass

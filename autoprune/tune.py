@@ -22,7 +22,7 @@ from typing import Any
 from ray import tune
 
 from autoprune import run
-from autoprune.config import Config
+from autoprune.config import Config, validate_config
 
 __all__ = ["SearchTrainable", "experiment_grid", "resume_experiment", "run_experiment"]
 
@@ -78,7 +78,7 @@ def experiment_grid(base: Config, *, backends: Sequence[str] = (), seeds: Sequen
         own = (options or {}).get(backend, base.search.options if backend == base.search.backend else {})
         data["search"].update(backend=backend, options=dict(own))
         data["seed"], data["budget"] = seed, dict(budget)
-        configs.append(Config.model_validate(data).model_dump())
+        configs.append(validate_config(data).model_dump())
     return configs
 
 

@@ -121,3 +121,33 @@ def test_a_start_that_fails_on_input_leaves_no_run_behind(tmp_path, capsys):
     # the same command with a fixed budget now starts the run (no "use resume" dead end)
     assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
     assert _trials(run_dir) == 5
+
+
+def always_raises(result, baseline):  # a user's reward with a bug (imported by the config below)
+    raise ZeroDivisionError("my reward divides by zero")
+
+
+def test_when_every_evaluation_fails_the_message_names_the_cause_not_the_budget(tmp_path, capsys):
+    config = {**SMOKE, "reward": "tests.test_run_directory:always_raises"}
+    assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "5 of 5 failed with 'ZeroDivisionError: my reward divides by zero'" in err
+    assert "within budget" not in err
+
+
+def test_experiment_with_an_unknown_backend_is_one_line(tmp_path, capsys):
+    assert cli.main(["experiment", _write(tmp_path, SMOKE), "--name", "x", "--backends", "foo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autoprune: error: search.backend:") and len(err.splitlines()) == 1
+
+
+def test_report_refuses_a_best_policy_the_space_does_not_know(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
+    policy = json.loads((run_dir / "best_policy.json").read_text())
+    for bad, message in (({**policy, "no_such_group": 0.2}, "unknown group"),
+                         ({k: 1.5 for k in policy}, "outside its bounds")):
+        (run_dir / "best_policy.json").write_text(json.dumps(bad))
+        assert cli.main(["report", str(run_dir)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
