@@ -117,8 +117,7 @@ def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from autoprune import run
-    from autoprune.config import load_config
+    from autoprune.config import load_config  # light: a missing or malformed file is reported before torch loads
 
     overrides = _pairs(args.set, "--set")
     budget = _pairs(args.budget, "--budget")
@@ -135,6 +134,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             overrides[key] = str(flag)
     config = load_config(args.config, overrides)
     run_dir = args.run_dir or f"runs/{config.search.backend}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from autoprune import run
+
     outcome = run.start(config, run_dir, show_progress=not args.quiet)
     _print_outcome(outcome)
     if not args.no_report:

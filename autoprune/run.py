@@ -181,16 +181,31 @@ def prepare(config: Config, run_dir: Path, *, show_progress: bool = False) -> tu
 
 
 def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
+    log.info("run %s: %s search for %d evaluations under %s, seed %d, %d worker(s)", run_dir, config.search.backend,
+             config.search.evaluations, _budget(config), config.seed, config.search.workers)
     searcher, splits, spec = prepare(config, run_dir, show_progress=show_progress)
     start = time.perf_counter()
+
+    def step(s: Searcher, _results: list[Result]) -> None:
+        save_checkpoint(s, run_dir)
+        best = s.best
+        found = best is not None and best.reward is not None and best.accuracy is not None
+        log.info("%d/%d evaluations; best so far: %s", len(s.ledger), config.search.evaluations,
+                 f"reward {best.reward:.4f}, accuracy {best.accuracy:.4f}, FLOPs {best.flops_ratio:.1%}"
+                 if found and best is not None else "none within budget")
+
     try:
-        searcher.run(config.search.evaluations, show_progress=show_progress,
-                     callback=lambda s, _results: save_checkpoint(s, run_dir))
+        searcher.run(config.search.evaluations, show_progress=show_progress, callback=step)
     finally:
         if hasattr(searcher.evaluator, "shutdown"):  # Ray workers
             searcher.evaluator.shutdown()
     save_checkpoint(searcher, run_dir)
-    return RunOutcome(run_dir, finish(searcher, config, splits, spec, run_dir, time.perf_counter() - start))
+    summary = finish(searcher, config, splits, spec, run_dir, time.perf_counter() - start)
+    d, p = summary["dense"], summary["pruned"]
+    log.info("result: %d evaluations; FLOPs %.1f%% of dense, test accuracy %.2f%% (dense %.2f%%); budget %s",
+             summary["evaluations"], 100 * p["flops"] / d["flops"], 100 * p["test_accuracy"],
+             100 * d["test_accuracy"], "met" if summary["meets_budget"] else "NOT met")
+    return RunOutcome(run_dir, summary)
 
 
 def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, Any], run_dir: Path,

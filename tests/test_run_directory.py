@@ -151,3 +151,11 @@ def test_report_refuses_a_best_policy_the_space_does_not_know(tmp_path, capsys):
         assert cli.main(["report", str(run_dir)]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+def test_log_txt_records_the_settings_the_progress_and_the_result(tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
+    log = (run_dir / "log.txt").read_text()
+    assert "random search for 5 evaluations" in log and "5/5 evaluations; best so far" in log
+    assert "result: 5 evaluations; FLOPs" in log and "budget met" in log
