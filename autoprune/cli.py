@@ -72,7 +72,9 @@ def _finetune(run_dir, epochs: float, *, distill: bool, quiet: bool, lr: float =
     r = finetune_run(run_dir, epochs=epochs, lr=lr, distill=distill, show_progress=not quiet)
     print(f"fine-tuned {epochs:g} epoch(s){' with distillation' if distill else ''} in {r['seconds']:.0f} s: "
           f"test accuracy {r['test_accuracy_before']:.2%} -> {r['test_accuracy']:.2%} "
-          f"(dense {r['dense_test_accuracy']:.2%}); saved {run_dir}/finetuned.pt")
+          f"(dense {r['dense_test_accuracy']:.2%}); saved {run_dir}/{r['file']}, "
+          + ("shipped as finetuned.pt (best on validation)" if r["shipped"] else
+             "not shipped: an earlier fine-tune scores better on validation (finetune.json lists them)"))
 
 
 def _export(run_dir, fmt: str) -> None:  # type: ignore[no-untyped-def]

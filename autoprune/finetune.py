@@ -7,6 +7,7 @@ before and after) into the run directory; the report and ``autoprune export`` pi
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,33 @@ def finetune_run(run_dir: str | Path, *, epochs: float = 1.0, lr: float = 0.05, 
     x = examples(run.splits.train)[0]
     order = torch.randperm(count(x), generator=torch.Generator().manual_seed(0))
     recalibrate_batchnorm(model, take(x, order[:2048]), 128)
-    save_pruned(run.run_dir / "finetuned.pt", model, read_plan(run.run_dir / "pruned.pt"), run.spec)
-    record = {"epochs": epochs, "lr": lr, "distill": distill, "seconds": seconds,
+    # Every fine-tune is kept (finetuned-N.pt); finetuned.pt, what the run ships, is the best on VALIDATION
+    # images (choosing on test would leak it), so a worse later fine-tune never replaces a better one.
+    history = finetune_history(run.run_dir)
+    name = f"finetuned-{len(history) + 1}.pt"
+    plan = read_plan(run.run_dir / "pruned.pt")
+    save_pruned(run.run_dir / name, model, plan, run.spec)
+    record = {"file": name, "epochs": epochs, "lr": lr, "distill": distill, "seconds": seconds,
               "test_accuracy_before": before, "test_accuracy": accuracy(model, run.splits.test),
               "val_accuracy": accuracy(model, run.splits.val),
               "dense_test_accuracy": run.summary["dense"]["test_accuracy"]}
-    (run.run_dir / "finetune.json").write_text(json.dumps(record, indent=2))
+    history.append(record)
+    best = max(history, key=lambda r: r["val_accuracy"])
+    record["shipped"] = best["file"] == name
+    if record["shipped"]:
+        save_pruned(run.run_dir / "finetuned.pt", model, plan, run.spec)
+    tmp = run.run_dir / "finetune.json.tmp"
+    tmp.write_text(json.dumps({"shipped": best["file"], "runs": history}, indent=2))
+    os.replace(tmp, run.run_dir / "finetune.json")
     return record
+
+
+def finetune_history(run_dir: Path) -> list[dict[str, Any]]:
+    """Every fine-tune of the run so far, oldest first (``finetune.json``; one record in runs before numbering)."""
+    path = Path(run_dir) / "finetune.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if "runs" not in data:  # written before fine-tunes were numbered: the one there is finetuned.pt
+        return [{**data, "file": "finetuned.pt"}]
+    return list(data["runs"])

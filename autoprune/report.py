@@ -195,9 +195,12 @@ def _summary_rows(run: RunContents, latency: dict[str, Any], finetune: dict[str,
     label = "test accuracy, no fine-tune" + (" (least-squares reconstruction)" if s.get("reconstructed") else "")
     rows.append([label, f"{d['test_accuracy']:.2%}", f"{p['test_accuracy']:.2%}", ""])
     if finetune:
-        how = f"{finetune['epochs']:g} epoch(s){', distilled' if finetune['distill'] else ''}"
-        rows.append([f"test accuracy after fine-tune ({how})", f"{d['test_accuracy']:.2%}",
-                     f"{finetune['test_accuracy']:.2%}", ""])
+        shipped = finetune.get("shipped", "finetuned.pt")
+        for r in finetune.get("runs", [finetune]):
+            how = f"{r['epochs']:g} epoch(s){', distilled' if r['distill'] else ''}, lr {r['lr']:g}"
+            mark = " &mdash; shipped (best on validation)" if r.get("file", "finetuned.pt") == shipped else ""
+            rows.append([f"test accuracy after fine-tune {html.escape(r.get('file', ''))} ({how}){mark}",
+                         f"{d['test_accuracy']:.2%}", f"{r['test_accuracy']:.2%}", ""])
     else:
         rows.append(["test accuracy after fine-tune", "", "not run yet: <code>autoprune finetune RUN_DIR</code>", ""])
     return rows
@@ -245,10 +248,12 @@ def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
                  f"{r.params_ratio:.1%}", _fmt(r.latency and r.latency * 1e3, ".3f")] for r in top]
     export_html = ""
     if export:
-        export_rows = [[html.escape(fmt), html.escape(e["path"]), f"{e['max_abs_error']:.1e}",
-                        f"{e['latency_ms']:.3f} ms ({html.escape(e['runtime'])})"] for fmt, e in export.items()]
-        export_html = "<h2>Exported models</h2>" + _table(["format", "file", "max |difference| vs torch",
-                                                            "measured latency"], export_rows)
+        export_rows = [[html.escape(fmt), html.escape(e["path"]), html.escape(e.get("source", "?")),
+                        f"{e['max_abs_error']:.1e}", f"{e['latency_ms']:.3f} ms ({html.escape(e['runtime'])})"]
+                       for fmt, e in export.items()]
+        export_html = "<h2>Exported models</h2>" + _table(["format", "file", "exported from",
+                                                            "max |difference| vs torch", "measured latency"],
+                                                           export_rows)
     search_budget = s.get("search_budget", s["budget"])  # runs from before latency.margin have none
     margin_note = (f" The search aimed under <b>{html.escape(search_budget)}</b> (latency.margin)."
                    if search_budget != s["budget"] else "")

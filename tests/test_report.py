@@ -45,8 +45,18 @@ def test_report_is_one_self_contained_file_with_its_figures(run_dir):
 
 def test_finetune_then_export_then_report(run_dir, capsys):
     assert cli.main(["finetune", str(run_dir), "--epochs", "2", "--quiet"]) == 0
-    tuned = json.loads((run_dir / "finetune.json").read_text())
+    record = json.loads((run_dir / "finetune.json").read_text())
+    tuned = record["runs"][-1]
     assert tuned["test_accuracy"] > tuned["test_accuracy_before"]  # 2 epochs recover a 50%-FLOPs digits net
+    assert record["shipped"] == tuned["file"] == "finetuned-1.pt" and (run_dir / "finetuned-1.pt").exists()
+    # a second fine-tune that ends worse (a learning rate that wrecks the net) is kept, but not shipped
+    shipped_before = (run_dir / "finetuned.pt").read_bytes()
+    assert cli.main(["finetune", str(run_dir), "--epochs", "0.3", "--lr", "20", "--quiet"]) == 0
+    record = json.loads((run_dir / "finetune.json").read_text())
+    assert [r["file"] for r in record["runs"]] == ["finetuned-1.pt", "finetuned-2.pt"]
+    assert record["runs"][1]["val_accuracy"] < record["runs"][0]["val_accuracy"]
+    assert record["shipped"] == "finetuned-1.pt" and (run_dir / "finetuned.pt").read_bytes() == shipped_before
+    assert "not shipped" in capsys.readouterr().out
     assert cli.main(["export", str(run_dir), "--format", "torch", "onnx"]) == 0
     exported = json.loads((run_dir / "export.json").read_text())
     for fmt, name in (("torch", "model.pt2"), ("onnx", "model.onnx")):
@@ -54,7 +64,8 @@ def test_finetune_then_export_then_report(run_dir, capsys):
         assert entry["source"] == "finetuned.pt" and entry["path"] == f"export/{name}"
         assert (run_dir / entry["path"]).exists() and entry["max_abs_error"] <= 1e-4 and entry["latency_ms"] > 0
     page = (run_dir / "report.html").read_text()  # finetune rewrote the report
-    assert "test accuracy after fine-tune (2 epoch(s))" in page
+    assert "fine-tune finetuned-1.pt (2 epoch(s), lr 0.05) &mdash; shipped" in page
+    assert "finetuned-2.pt (0.3 epoch(s), lr 20)" in page
     assert "Exported models" in build_report(run_dir).read_text()
 
 
