@@ -26,7 +26,7 @@ from autoprune.budget import Budget, InfeasibleBudgetError, check_feasible
 from autoprune.config import Config, ConfigError, import_object, load_config
 from autoprune.data import Splits, load_dataset
 from autoprune.evaluation import Evaluator, Result
-from autoprune.run_directory import FROZEN, check_unchanged, freeze, hold
+from autoprune.run_directory import FROZEN, backup_ledger, check_ledger, check_unchanged, freeze, hold
 from autoprune.search import LedgerSpec, Searcher, count_recorded, create_searcher
 from autoprune.search_spaces import SearchSpace
 
@@ -34,6 +34,7 @@ __all__ = ["RunContents", "RunOutcome", "open_run", "resume", "start"]
 
 log = logging.getLogger("autoprune.run")
 CHECKPOINT = "searcher.ckpt"
+BACKUP_SECONDS = 30.0  # the ledger is backed up at most this often (SQLite's online backup: milliseconds)
 
 
 @dataclass
@@ -166,7 +167,13 @@ def save_checkpoint(searcher: Searcher, run_dir: Path) -> None:
 
 def prepare(config: Config, run_dir: Path, *, show_progress: bool = False) -> tuple[Searcher, Splits, dict[str, Any]]:
     """The run's searcher, restored from ``run_dir``'s checkpoint when there is one."""
+    if not config.search.storage:
+        check_ledger(run_dir)  # before any slow set-up: a damaged ledger is a one-line error naming its backup
     searcher, splits, spec = _build(config, run_dir, show_progress)
+    if not config.search.storage:  # our own SQLite ledger, and we hold the run: a RUNNING trial is a dead one's
+        stale = searcher.ledger.fail_running()
+        if stale:
+            log.info("closed %d trial(s) left running by a process that died (marked failed)", stale)
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists():
         try:
@@ -185,9 +192,13 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
              config.search.evaluations, _budget(config), config.seed, config.search.workers)
     searcher, splits, spec = prepare(config, run_dir, show_progress=show_progress)
     start = time.perf_counter()
+    backed_up = [time.monotonic()]
 
     def step(s: Searcher, _results: list[Result]) -> None:
         save_checkpoint(s, run_dir)
+        if not config.search.storage and time.monotonic() - backed_up[0] >= BACKUP_SECONDS:
+            backup_ledger(run_dir)
+            backed_up[0] = time.monotonic()
         best = s.best
         found = best is not None and best.reward is not None and best.accuracy is not None
         log.info("%d/%d evaluations; best so far: %s", len(s.ledger), config.search.evaluations,
@@ -200,6 +211,8 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
         if hasattr(searcher.evaluator, "shutdown"):  # Ray workers
             searcher.evaluator.shutdown()
     save_checkpoint(searcher, run_dir)
+    if not config.search.storage:
+        backup_ledger(run_dir)
     summary = finish(searcher, config, splits, spec, run_dir, time.perf_counter() - start)
     d, p = summary["dense"], summary["pruned"]
     log.info("result: %d evaluations; FLOPs %.1f%% of dense, test accuracy %.2f%% (dense %.2f%%); budget %s",

@@ -4,6 +4,10 @@
   ``export``, ``report``) holds an exclusive ``flock`` on ``RUN_DIR/.lock`` for as long as it runs. The
   kernel releases it when the holder exits or dies, so a killed run never blocks the next one; a second
   command on a held run stops at once with :class:`RunInUseError`, naming the holder.
+* **A ledger that survives damage** (:func:`backup_ledger`, :func:`check_ledger`): the SQLite ledger is
+  copied with SQLite's online backup API while the search runs (``ledger.db.bak``, replaced atomically);
+  a damaged ledger is detected before the run opens it, with one line naming the backup, how many
+  evaluations it holds, and the command that continues from it.
 * **Frozen configuration** (:func:`freeze`, :func:`check_unchanged`): a run records the configuration
   it was started with (``config.frozen.json``). ``resume`` refuses a ``config.yaml`` edited since: every
   key decides what was or will be evaluated. The safe changes are options of ``resume`` (``--evaluations``
@@ -17,22 +21,30 @@ import functools
 import json
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["FROZEN", "LOCK", "ConfigChangedError", "RunInUseError", "check_unchanged", "freeze", "hold", "holding"]
+__all__ = ["BACKUP", "FROZEN", "LEDGER", "LOCK", "ConfigChangedError", "LedgerDamagedError", "RunInUseError",
+           "backup_ledger", "check_ledger", "check_unchanged", "freeze", "hold", "holding"]
 
 T = TypeVar("T")
 
 LOCK = ".lock"
 FROZEN = "config.frozen.json"
+LEDGER = "ledger.db"
+BACKUP = "ledger.db.bak"
 
 
 class RunInUseError(ValueError):
     """Another process holds the run directory."""
+
+
+class LedgerDamagedError(ValueError):
+    """The run's SQLite ledger cannot be read."""
 
 
 class ConfigChangedError(ValueError):
@@ -123,3 +135,47 @@ def check_unchanged(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) 
             f"{Path(run_dir) / 'config.yaml'} was edited since the run started: {shown}"
             f"{' and more' if len(changed) > 4 else ''}; undo the edit (a run evaluates one configuration), start a "
             "new run with 'autoprune search', or use resume's own options --evaluations, --workers, --address")
+
+
+def _completed(path: Path) -> int:
+    """Completed trials in a SQLite ledger (read-only); raises ``sqlite3.DatabaseError`` when damaged."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        ok = db.execute("pragma quick_check").fetchone()[0]
+        if ok != "ok":
+            raise sqlite3.DatabaseError(ok)
+        tables = {r[0] for r in db.execute("select name from sqlite_master where type = 'table'")}
+        return int(db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]) \
+            if "trials" in tables else 0
+
+
+def backup_ledger(run_dir: str | os.PathLike[str]) -> None:
+    """Copy ``ledger.db`` consistently (SQLite's online backup) to ``ledger.db.bak``, atomically."""
+    source, target = Path(run_dir) / LEDGER, Path(run_dir) / BACKUP
+    if not source.exists():
+        return
+    tmp = target.with_suffix(".tmp")
+    with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
+        src.backup(dst)
+    os.replace(tmp, target)
+
+
+def check_ledger(run_dir: str | os.PathLike[str]) -> None:
+    """Raise :class:`LedgerDamagedError` (one line: the backup and the way back) if ``ledger.db`` is damaged."""
+    path, backup = Path(run_dir) / LEDGER, Path(run_dir) / BACKUP
+    if not path.exists():
+        return
+    try:
+        _completed(path)
+        return
+    except sqlite3.DatabaseError as e:
+        problem = str(e) or type(e).__name__
+    try:
+        saved = _completed(backup) if backup.exists() else None
+    except sqlite3.DatabaseError:
+        saved = None
+    if saved is None:
+        raise LedgerDamagedError(f"{path} is damaged ({problem}) and has no readable backup; move it away to "
+                                 "search again from scratch in this run")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(backup.stat().st_mtime))
+    raise LedgerDamagedError(f"{path} is damaged ({problem}); its backup of {when} holds {saved} completed "
+                             f"evaluations (later ones are lost): cp {backup} {path} && autoprune resume {run_dir}")

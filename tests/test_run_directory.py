@@ -159,3 +159,55 @@ def test_log_txt_records_the_settings_the_progress_and_the_result(tmp_path):
     log = (run_dir / "log.txt").read_text()
     assert "random search for 5 evaluations" in log and "5/5 evaluations; best so far" in log
     assert "result: 5 evaluations; FLOPs" in log and "budget met" in log
+
+
+def _interrupted_run(tmp_path, monkeypatch, config, after: int):
+    """A search killed (KeyboardInterrupt) on its ``after``-th evaluation."""
+    run_dir = tmp_path / "run"
+    calls = {"n": 0}
+    original = Evaluator.__call__
+
+    def interrupting(self, policy):
+        calls["n"] += 1
+        if calls["n"] == after:
+            raise KeyboardInterrupt
+        return original(self, policy)
+
+    monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(run_dir), "--quiet"]) == 130
+    monkeypatch.setattr(Evaluator, "__call__", original)
+    return run_dir
+
+
+def test_a_damaged_ledger_names_its_backup_and_the_run_continues_from_it(tmp_path, monkeypatch, capsys):
+    import autoprune.run
+
+    monkeypatch.setattr(autoprune.run, "BACKUP_SECONDS", 0.0)  # back up after every step
+    run_dir = _interrupted_run(tmp_path, monkeypatch, {**SMOKE, "search": {"backend": "tpe", "evaluations": 8}}, 5)
+    assert (run_dir / "ledger.db.bak").exists() and _trials(run_dir) == 4
+    data = (run_dir / "ledger.db").read_bytes()
+    (run_dir / "ledger.db").write_bytes(data[: len(data) // 3])  # truncated, as by a full disk or a bad copy
+    capsys.readouterr()
+    assert cli.main(["resume", str(run_dir), "--quiet", "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is damaged" in err and "holds 4 completed evaluations" in err and len(err.splitlines()) == 1
+    command = err[err.index("cp "):]
+    subprocess.run(command.replace("&& autoprune resume", "&& true"), shell=True, check=True)
+    assert cli.main(["resume", str(run_dir), "--quiet", "--no-report"]) == 0
+    assert _trials(run_dir) == 8  # exactly the requested count, the 4 backed-up evaluations not re-run
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["evaluations"] == 8
+
+
+def test_trials_a_killed_run_left_running_are_closed_on_resume(tmp_path, monkeypatch):
+    import optuna
+
+    run_dir = _interrupted_run(tmp_path, monkeypatch, {**SMOKE, "search": {"backend": "tpe", "evaluations": 6}}, 3)
+    storage = f"sqlite:///{run_dir / 'ledger.db'}"
+    study = optuna.load_study(study_name="autoprune", storage=storage)
+    study.ask()  # what a SIGKILL between ask and tell leaves behind
+    assert len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) >= 1
+    assert cli.main(["resume", str(run_dir), "--quiet", "--no-report"]) == 0
+    study = optuna.load_study(study_name="autoprune", storage=storage)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert _trials(run_dir) == 6 and "left running by a process that died" in (run_dir / "log.txt").read_text()

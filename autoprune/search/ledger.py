@@ -120,6 +120,14 @@ class Ledger:
         if not cached:
             self._remember(result)
 
+    def fail_running(self) -> int:
+        """Mark failed the trials left RUNNING (asked, never told): call only while no other process
+        writes this ledger, when such a trial can only be one a killed process left behind."""
+        stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for trial in stale:
+            self.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return len(stale)
+
     # ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
         """Distinct evaluations recorded (cache hits not counted)."""
