@@ -8,6 +8,11 @@ seeded search records the same evaluations whatever the number of workers.
 
 ``workers=N`` starts a local Ray with N CPUs; ``address="ray://..."`` or ``"auto"`` joins an
 existing cluster.
+
+Workers may die (killed, out of memory, their node lost): Ray restarts a dead actor (on another node
+if its own is gone) and runs the evaluation it was doing again, up to :data:`WORKER_RESTARTS` times
+per actor; the search goes on and the ledger records the evaluation once. When no worker can be
+had, :class:`WorkersLostError` says to resume.
 """
 
 from __future__ import annotations
@@ -20,9 +25,14 @@ import torch
 
 from autoprune.evaluation import Evaluator, Result
 
-__all__ = ["RayEvaluator"]
+__all__ = ["WORKER_RESTARTS", "RayEvaluator", "WorkersLostError"]
 
 log = logging.getLogger(__name__)
+WORKER_RESTARTS = 3  # Ray restarts of each dead actor, each retrying the evaluation it was running
+
+
+class WorkersLostError(RuntimeError):
+    """A Ray worker died and could not be replaced."""
 
 
 class _EvaluatorActor:
@@ -34,6 +44,11 @@ class _EvaluatorActor:
 
     def evaluate(self, policy: Mapping[str, float]) -> Result:
         return self.evaluator(policy)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def node(self) -> str:
         import ray
@@ -64,7 +79,8 @@ class RayEvaluator:
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
         self._local = evaluator
         shared = ray.put(evaluator)
-        actor = ray.remote(num_cpus=threads_per_worker)(_EvaluatorActor)
+        actor = ray.remote(num_cpus=threads_per_worker, max_restarts=WORKER_RESTARTS,
+                           max_task_retries=WORKER_RESTARTS)(_EvaluatorActor)
         self._actors = [actor.remote(shared, threads_per_worker) for _ in range(workers)]  # type: ignore[attr-defined]
         self._pool = ActorPool(self._actors)
         self.workers = workers
@@ -73,8 +89,25 @@ class RayEvaluator:
         log.info("%d Ray workers on %d node(s)", workers, len(self.nodes))
 
     def map(self, policies: Sequence[Mapping[str, float]]) -> list[Result]:
-        """Results in the order of ``policies``, computed on the actors in parallel."""
-        return list(self._pool.map(lambda a, p: a.evaluate.remote(p), list(policies)))
+        """Results in the order of ``policies``, computed on the actors in parallel.
+
+        Raises:
+            WorkersLostError: a worker died more often than Ray may restart it (or its cluster is gone).
+        """
+        from ray.exceptions import RayActorError
+
+        try:
+            return list(self._pool.map(lambda a, p: a.evaluate.remote(p), list(policies)))
+        except RayActorError as e:
+            raise WorkersLostError(f"a Ray worker died and could not be replaced ({type(e).__name__}); the "
+                                   "evaluations recorded so far are kept: continue with 'autoprune resume RUN_DIR'"
+                                   ) from None
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the workers (on their nodes), e.g. to check that a killed one was replaced."""
+        import ray
+
+        return list(ray.get([a.pid.remote() for a in self._actors]))  # type: ignore[attr-defined]
 
     def __call__(self, policy: Mapping[str, float]) -> Result:
         return self.map([policy])[0]

@@ -25,6 +25,7 @@ from torch import nn
 from autoprune.budget import Budget, InfeasibleBudgetError, check_feasible
 from autoprune.config import Config, ConfigError, import_object, load_config
 from autoprune.data import Splits, load_dataset
+from autoprune.distributed import RayEvaluator, WorkersLostError
 from autoprune.evaluation import Evaluator, Result
 from autoprune.run_directory import FROZEN, backup_ledger, check_ledger, check_unchanged, freeze, hold
 from autoprune.search import LedgerSpec, Searcher, count_recorded, create_searcher
@@ -135,8 +136,6 @@ def _build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher
                           reward=config.reward, seed=config.seed, device=ev.device)
     options = dict(config.search.options)
     if config.search.workers > 1 or config.search.address:
-        from autoprune.distributed import RayEvaluator
-
         evaluator = RayEvaluator(evaluator, workers=config.search.workers, address=config.search.address)  # type: ignore[assignment]
         # keep every worker busy: that many evaluations per step (evolution scores whole generations)
         if config.search.backend in ("tpe", "gp", "cmaes", "qmc", "nsga2", "random"):
@@ -207,6 +206,8 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
 
     try:
         searcher.run(config.search.evaluations, show_progress=show_progress, callback=step)
+    except WorkersLostError as e:
+        raise WorkersLostError(str(e).replace("RUN_DIR", str(run_dir))) from None
     finally:
         if hasattr(searcher.evaluator, "shutdown"):  # Ray workers
             searcher.evaluator.shutdown()

@@ -1,0 +1,60 @@
+"""A Ray worker killed in the middle of an evaluation is replaced and its evaluation run again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune.evaluation import Evaluator
+from autoprune.models import create_model
+from autoprune.search_spaces import SearchSpace
+
+from .conftest import random_data
+
+
+class _SlowEvaluator(Evaluator):
+    def __call__(self, policy):  # long enough to be killed in the middle of one
+        time.sleep(0.5)
+        return super().__call__(policy)
+
+
+@pytest.fixture(params=[3, 0], ids=["restarts", "no-restarts"])
+def ray_evaluator(request, monkeypatch):
+    pytest.importorskip("ray")
+    import autoprune.distributed
+    from autoprune.distributed import RayEvaluator
+
+    monkeypatch.setattr(autoprune.distributed, "WORKER_RESTARTS", request.param)
+    torch.manual_seed(0)
+    model = create_model("resnet20", in_channels=1, image_size=8).eval()
+    data = random_data(64, (1, 8, 8))
+    space = SearchSpace.from_model(model, data.tensors[0][:1])
+    evaluator = _SlowEvaluator(model, space, train_data=data, val_data=data, val_size=32, bn_batches=1,
+                               batch_size=16, path="exact")
+    ray_ev = RayEvaluator(evaluator, workers=2)
+    yield ray_ev, space, request.param
+    ray_ev.shutdown()
+
+
+def test_a_killed_worker_is_replaced_and_its_evaluation_rerun(ray_evaluator):
+    from autoprune.distributed import WorkersLostError
+
+    ray_ev, space, restarts = ray_evaluator
+    policies = [space.sample(np.random.default_rng(i)) for i in range(8)]
+    victim = ray_ev.worker_pids()[0]
+    threading.Timer(0.8, lambda: os.kill(victim, signal.SIGKILL)).start()  # in the middle of an evaluation
+    if not restarts:  # no worker can be had: one line that says to resume
+        with pytest.raises(WorkersLostError, match="continue with 'autoprune resume RUN_DIR'"):
+            ray_ev.map(policies)
+        return
+    results = ray_ev.map(policies)
+    assert [r.policy for r in results] == [space.validate(p) for p in policies]  # all, once each, in order
+    assert all(r.failed is None for r in results)
+    pids = ray_ev.worker_pids()
+    assert victim not in pids and len(set(pids)) == 2  # replaced
