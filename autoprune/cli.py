@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from collections.abc import Sequence
@@ -327,9 +328,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("autoprune: interrupted; continue with 'autoprune resume RUN_DIR'", file=sys.stderr)
         return 130
     except Exception as e:  # a failure inside the run: one line here, the traceback in a log file
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRORS:  # a full disk, a read-only run directory
+            where = getattr(args, "run_dir", None) or "RUN_DIR"
+            print(f"autoprune: cannot write {e.filename or where}: {_STORAGE_ERRORS[e.errno]}; the evaluations "
+                  f"recorded so far are kept: make room (or make it writable), then 'autoprune resume {where}'",
+                  file=sys.stderr)
+            return 1
         log = _write_traceback(getattr(args, "run_dir", None))
         print(f"autoprune: run failed: {type(e).__name__}: {e}; details in {log}", file=sys.stderr)
         return 1
+
+
+_STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
 
 
 def _write_traceback(run_dir: str | None) -> str:

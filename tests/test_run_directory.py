@@ -16,6 +16,7 @@ import yaml
 from autoprune import cli
 from autoprune.evaluation import Evaluator
 from autoprune.run_directory import ConfigChangedError, RunInUseError, check_unchanged, freeze, hold
+from autoprune.search import read_ledger
 
 from .test_search_cli import SMOKE, _trials, _write
 
@@ -211,3 +212,34 @@ def test_trials_a_killed_run_left_running_are_closed_on_resume(tmp_path, monkeyp
     study = optuna.load_study(study_name="autoprune", storage=storage)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert _trials(run_dir) == 6 and "left running by a process that died" in (run_dir / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("code, words", [(28, "the disk is full"), (30, "the file system is read-only")])
+def test_a_full_disk_or_read_only_run_dir_loses_nothing_and_says_what_to_do(tmp_path, monkeypatch, capsys, code,
+                                                                           words):
+    import errno
+
+    import autoprune.run
+
+    assert code == {"the disk is full": errno.ENOSPC, "the file system is read-only": errno.EROFS}[words]
+    run_dir = tmp_path / "run"
+    original = autoprune.run.save_checkpoint
+    calls = {"n": 0}
+
+    def failing(searcher, where):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third checkpoint write finds the disk full
+            raise OSError(code, os.strerror(code), str(where / "searcher.ckpt.tmp"))
+        return original(searcher, where)
+
+    monkeypatch.setattr(autoprune.run, "save_checkpoint", failing)
+    config = _write(tmp_path, {**SMOKE, "search": {"backend": "tpe", "evaluations": 6}})
+    assert cli.main(["search", config, "--run-dir", str(run_dir), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert words in err and f"autoprune resume {run_dir}" in err and len(err.splitlines()) == 1
+    done = _trials(run_dir)
+    assert done == 3  # every evaluation finished before the fault is in the ledger
+    monkeypatch.setattr(autoprune.run, "save_checkpoint", original)
+    assert cli.main(["resume", str(run_dir), "--quiet", "--no-report"]) == 0
+    results = read_ledger(run_dir)  # distinct evaluations (a re-proposed policy is a cached trial, not one more)
+    assert len(results) == 6 and len({json.dumps(r.policy.to_dict(), sort_keys=True) for r in results}) == 6
