@@ -8,9 +8,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column
 
-__all__ = ["ProgressTask", "track_progress"]
+__all__ = ["ProgressTask", "bar_columns", "track_progress"]
 
 
 class ProgressTask:
@@ -38,6 +47,14 @@ class ProgressTask:
             self._console.print(f"{self.description}: {self.done}/{self.total} {text}".rstrip(), highlight=False)
 
 
+def bar_columns() -> tuple[ProgressColumn, ...]:
+    """The bar's columns: fixed widths first, so elapsed time and ETA fit an 80-column terminal; the free-text
+    info (loss, best so far, the phase) takes what is left and is cut with an ellipsis."""
+    return (TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)), BarColumn(bar_width=10),
+            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=22)))
+
+
 @contextmanager
 def track_progress(description: str, total: int, *, enabled: bool = True,
                    log_every_s: float = 10.0) -> Iterator[ProgressTask]:
@@ -51,9 +68,7 @@ def track_progress(description: str, total: int, *, enabled: bool = True,
         yield ProgressTask(description, total, None, None, log_every_s)
         return
     if console.is_terminal and sys.stderr.isatty():
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-        with Progress(*columns, console=console, transient=False) as bar:
+        with Progress(*bar_columns(), console=console, transient=False) as bar:
             yield ProgressTask(description, total, bar, console, log_every_s)
     else:
         yield ProgressTask(description, total, None, console, log_every_s)

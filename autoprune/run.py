@@ -214,7 +214,7 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
     save_checkpoint(searcher, run_dir)
     if not config.search.storage:
         backup_ledger(run_dir)
-    summary = finish(searcher, config, splits, spec, run_dir, time.perf_counter() - start)
+    summary = finish(searcher, config, splits, spec, run_dir, time.perf_counter() - start, show_progress=show_progress)
     d, p = summary["dense"], summary["pruned"]
     log.info("result: %d evaluations; FLOPs %.1f%% of dense, test accuracy %.2f%% (dense %.2f%%); budget %s",
              summary["evaluations"], 100 * p["flops"] / d["flops"], 100 * p["test_accuracy"],
@@ -223,10 +223,11 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
 
 
 def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, Any], run_dir: Path,
-           seconds: float) -> dict[str, Any]:
+           seconds: float, *, show_progress: bool = False) -> dict[str, Any]:
     """Prune the best policy, check the budget on the counted model, save it and ``result.json``."""
     from autoprune.costs import count_costs
     from autoprune.model_io import save_pruned
+    from autoprune.progress import track_progress
     from autoprune.training import accuracy
 
     best = searcher.best
@@ -234,19 +235,26 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
         raise RuntimeError(_why_nothing_completed(searcher.ledger.results))
     evaluator, budget = searcher.evaluator, _budget(config)
     measured = None
-    if budget.needs_latency:  # the table predicts; the shipped model must meet it when measured
-        best, measured = _measured_within_latency(searcher, config, splits)
-    pruned = evaluator.release(best.policy, reconstruct=config.pruner.reconstruct)
-    counted = count_costs(pruned, splits.example_inputs())
-    dense = evaluator.space.dense_costs
-    (run_dir / "best_policy.json").write_text(best.policy.to_json(indent=2))
-    save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(best.policy), spec)
+    with track_progress("finishing", 3, enabled=show_progress, log_every_s=0.0) as phase:
+        if budget.needs_latency:  # the table predicts; the shipped model must meet it when measured
+            phase.advance(0, phase="measuring latency")
+            best, measured = _measured_within_latency(searcher, config, splits)
+        phase.advance(0, phase="prune + refit" if config.pruner.reconstruct else "prune")
+        pruned = evaluator.release(best.policy, reconstruct=config.pruner.reconstruct)
+        phase.advance(1, phase="count + test")
+        counted = count_costs(pruned, splits.example_inputs())
+        dense = evaluator.space.dense_costs
+        (run_dir / "best_policy.json").write_text(best.policy.to_json(indent=2))
+        save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(best.policy), spec)
+        dense_test, pruned_test = accuracy(evaluator.model, splits.test), accuracy(pruned, splits.test)
+        phase.advance(1, phase="saved")
+        phase.advance(1, phase="done")
     summary = {"backend": config.search.backend, "evaluations": len(searcher.ledger),
                "search_seconds": seconds, "budget": str(budget), "search_budget": str(evaluator.budget),
                "dense": {"flops": dense.macs, "params": dense.params, "val_accuracy": evaluator.dense_accuracy(),
-                         "test_accuracy": accuracy(evaluator.model, splits.test)},
+                         "test_accuracy": dense_test},
                "pruned": {"flops": counted.macs, "params": counted.params, "val_accuracy": best.accuracy,
-                          "test_accuracy": accuracy(pruned, splits.test), "latency": best.latency},
+                          "test_accuracy": pruned_test, "latency": best.latency},
                # counted FLOPs/params of the physically pruned model; latency as the table predicts it
                "meets_budget": budget.holds(replace(counted, latency=best.latency), dense)
                and (measured is None or measured["within_budget"]),

@@ -72,3 +72,24 @@ def test_progress_degrades_to_log_lines_and_can_be_silenced(capsys):
     with track_progress("quiet", 3, enabled=False) as task:
         task.advance(3)
     assert capsys.readouterr().err == ""
+
+
+def test_the_progress_bar_fits_80_columns_with_elapsed_time_and_eta():
+    import io
+    import re
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from autoprune.progress import bar_columns
+
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True, color_system=None)
+    with Progress(*bar_columns(), console=console, auto_refresh=False) as bar:
+        task = bar.add_task("evolution search", total=300, info="")
+        bar.update(task, advance=123, info="best 0.8812  phase refit of the best policy, then the report")
+        bar.refresh()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # the terminal's control sequences
+    lines = [line for line in text.replace("\r", "\n").splitlines() if "search" in line]
+    assert lines and all(len(line) <= 80 for line in lines)
+    assert "123/300" in lines[-1] and "eta" in lines[-1] and "0:00:00" in lines[-1]
