@@ -45,7 +45,8 @@ class Searcher(ABC):
             with this backend's objective directions.
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""  # what the ledger, the progress bar and checkpoints call the backend
+    aliases: ClassVar[tuple[str, ...]] = ()  # names its checkpoints were saved under before
     # Whether repaired policies also spend the budget they leave unused (``project(..., fill=True)``).
     # Random and evolution fill: their candidates are the policies evaluated, so filling only
     # removes waste. A model-based sampler (TPE) models its *proposals*; filled, many proposals
@@ -179,7 +180,7 @@ class Searcher(ABC):
         return {"backend": self.name, "seed": self.seed, "rng": self.rng.bit_generator.state, **self._extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("backend") != self.name:
+        if state.get("backend") not in (self.name, *self.aliases):
             raise ValueError(f"state of backend {state.get('backend')!r} cannot be loaded into {self.name!r}")
         self.seed = state["seed"]
         self.rng.bit_generator.state = state["rng"]

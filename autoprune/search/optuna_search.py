@@ -61,7 +61,8 @@ class OptunaSearcher(Searcher):
         pareto_objective: for ``nsga2``, the cost traded against accuracy: ``"flops"`` or ``"latency"``.
     """
 
-    name = "optuna"
+    name = "optuna"  # each instance is named after its sampler: tpe, gp, cmaes, qmc, nsga2, random
+    aliases = ("optuna",)
 
     def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, sampler: str = "tpe",
                  batch_size: int = 1, n_startup_trials: int = 10, pareto_objective: str = "flops",
@@ -71,6 +72,7 @@ class OptunaSearcher(Searcher):
         if pareto_objective not in ("flops", "latency"):
             raise ValueError("pareto_objective must be 'flops' or 'latency'")
         self.sampler_name, self.pareto_objective = sampler, pareto_objective
+        self.name = sampler
         super().__init__(evaluator, seed=seed, ledger=ledger, fill_budget=fill_budget)
         self.batch_size = batch_size
         self.sampler = make_sampler(sampler, seed, n_startup_trials, batch_size)
