@@ -9,7 +9,6 @@ evaluates the whole policy and returns its reward; every other step returns 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -35,8 +34,6 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         evaluator: scores the final policy of each episode.
         budget: hard limits; defaults to the evaluator's budget. Checked at construction.
         failed_reward: reward of an episode whose evaluation failed (the error is in ``info``).
-        evaluate: how the final policy is scored; defaults to ``evaluator`` itself. A searcher
-            passes its own ``evaluate`` so episodes go through its ledger (recorded once, cached).
 
     Observation (all in [0, 1], static features divided by the model's own maximum):
     ``OBSERVATION_FEATURES`` — the group's index, kind (conv 0, linear 0.5, attention heads 1),
@@ -46,10 +43,8 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, evaluator: Evaluator, budget: Budget | None = None, *, failed_reward: float = 0.0,
-                 evaluate: Callable[[Policy], Result] | None = None) -> None:
+    def __init__(self, evaluator: Evaluator, budget: Budget | None = None, *, failed_reward: float = 0.0) -> None:
         self.evaluator = evaluator
-        self._evaluate = evaluate or evaluator
         self.space = evaluator.space
         self.budget = budget if budget is not None else evaluator.budget
         check_feasible(self.space, self.budget)
@@ -89,7 +84,7 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         info = self.decide(action)
         if not self.policy_complete:
             return self.observation(), 0.0, False, False, info
-        return self.conclude(self._evaluate(self.policy), info)
+        return self.conclude(self.evaluator(self.policy), info)
 
     # step() in two halves, so that a vector of envs can score its episodes' policies in one batch
     def decide(self, action: np.ndarray) -> dict[str, Any]:

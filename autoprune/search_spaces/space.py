@@ -230,11 +230,6 @@ class SearchSpace:
             if counted != predicted:
                 raise UnsupportedModelError(_cost_mismatch(pruned, self.cost_model, keep, counted, predicted))
 
-    def summary(self) -> list[dict[str, object]]:
-        """One row per group (name, kind, units, layers, FLOPs share) for tables and reports."""
-        return [{"group": g.name, "kind": g.kind, "units": g.units, "layers": len(g.layers),
-                 "flops_share": g.flops_share, "params_share": g.params_share, "bounds": (g.low, g.high)}
-                for g in self.groups]
 
 
 def _check_bounds(what: str, bounds: tuple[float, float]) -> None:
