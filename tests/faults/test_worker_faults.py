@@ -15,7 +15,7 @@ from autoprune.evaluation import Evaluator
 from autoprune.models import create_model
 from autoprune.search_spaces import SearchSpace
 
-from .conftest import random_data
+from tests.conftest import random_data
 
 
 class _SlowEvaluator(Evaluator):

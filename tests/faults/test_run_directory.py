@@ -18,7 +18,7 @@ from autoprune.evaluation import Evaluator
 from autoprune.run_directory import ConfigChangedError, RunInUseError, check_unchanged, freeze, hold
 from autoprune.search import read_ledger
 
-from .test_search_cli import SMOKE, _trials, _write
+from tests.test_search_cli import SMOKE, _trials, _write
 
 HOLDER = ("import sys, time\nfrom autoprune.run_directory import hold\n"
           "with hold(sys.argv[1], 'autoprune search'):\n    print('held', flush=True)\n    time.sleep(60)\n")
@@ -129,7 +129,7 @@ def always_raises(result, baseline):  # a user's reward with a bug (imported by 
 
 
 def test_when_every_evaluation_fails_the_message_names_the_cause_not_the_budget(tmp_path, capsys):
-    config = {**SMOKE, "reward": "tests.test_run_directory:always_raises"}
+    config = {**SMOKE, "reward": "tests.faults.test_run_directory:always_raises"}
     assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "5 of 5 failed with 'ZeroDivisionError: my reward divides by zero'" in err
@@ -243,3 +243,27 @@ def test_a_full_disk_or_read_only_run_dir_loses_nothing_and_says_what_to_do(tmp_
     assert cli.main(["resume", str(run_dir), "--quiet", "--no-report"]) == 0
     results = read_ledger(run_dir)  # distinct evaluations (a re-proposed policy is a cached trial, not one more)
     assert len(results) == 6 and len({json.dumps(r.policy.to_dict(), sort_keys=True) for r in results}) == 6
+
+
+def test_a_stopped_driver_keeps_its_run_and_finishes_after_sigcont(tmp_path, capsys):
+    """SIGSTOP (Ctrl-Z, a paused VM): the run is still held, so a resume attempted meanwhile is refused
+    instead of racing it; after SIGCONT the search finishes with exactly the requested count."""
+    run_dir = tmp_path / "run"
+    config = _write(tmp_path, {**SMOKE, "search": {"backend": "random", "evaluations": 12}})
+    child = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", config, "--run-dir", str(run_dir),
+                              "--quiet", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "ledger.db").exists() or len(read_ledger(run_dir)) < 2:
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGSTOP)
+        assert cli.main(["resume", str(run_dir), "--quiet", "--no-report"]) == 2
+        assert f"pid {child.pid}" in capsys.readouterr().err
+        os.kill(child.pid, signal.SIGCONT)
+        assert child.wait(timeout=180) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    results = read_ledger(run_dir)
+    assert len(results) == 12 and len({json.dumps(r.policy.to_dict(), sort_keys=True) for r in results}) == 12
