@@ -17,7 +17,6 @@ from autoprune import cli
 from autoprune.evaluation import Evaluator
 from autoprune.run_directory import ConfigChangedError, RunInUseError, check_unchanged, freeze, hold
 from autoprune.search import read_ledger
-
 from tests.test_search_cli import SMOKE, _trials, _write
 
 HOLDER = ("import sys, time\nfrom autoprune.run_directory import hold\n"

@@ -14,7 +14,6 @@ import torch
 from autoprune.evaluation import Evaluator
 from autoprune.models import create_model
 from autoprune.search_spaces import SearchSpace
-
 from tests.conftest import random_data
 
 
