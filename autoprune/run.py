@@ -1,8 +1,8 @@
-"""A search run in a directory: everything needed to resume, report or export lives there.
+"""A search run in its directory: start, resume, and open a finished one for reporting, fine-tuning or export.
 
-``run_dir/`` holds ``config.yaml`` (resolved), ``ledger.db`` (every evaluation), ``searcher.ckpt``
-(the backend's state after its last step, written atomically), ``best_policy.json``,
-``pruned.pt`` (portable pruned model), ``result.json`` and ``log.txt``. :func:`resume` continues
+The pieces are elsewhere: :mod:`autoprune.run_directory` owns every file of a run (lock, frozen
+configuration, ledger backups, checkpoint, log), :mod:`autoprune.assembly` builds the objects from the
+configuration, :mod:`autoprune.finishing` prunes, checks and saves the result. :func:`resume` continues
 from the last checkpoint; evaluations already in the ledger are not run again.
 """
 
@@ -10,32 +10,44 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import pickle
 import time
-from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from autoprune.budget import Budget, InfeasibleBudgetError, check_feasible
-from autoprune.config import Config, ConfigError, import_object, load_config
-from autoprune.data import Splits, load_dataset
-from autoprune.distributed import RayEvaluator, WorkersLostError
-from autoprune.evaluation import Evaluator, Result
-from autoprune.run_directory import FROZEN, backup_ledger, check_ledger, check_unchanged, freeze, hold
-from autoprune.search import LedgerSpec, Searcher, count_recorded, create_searcher
+from autoprune.assembly import build, build_space, ledger_location, load_data, load_model, requested_budget
+from autoprune.config import Config, ConfigError, load_config
+from autoprune.data import Splits
+from autoprune.distributed import WorkersLostError
+from autoprune.evaluation import Result
+from autoprune.finishing import finish
+from autoprune.run_directory import (
+    CHECKPOINT,
+    FROZEN,
+    backup_ledger,
+    check_ledger,
+    check_unchanged,
+    freeze,
+    hold,
+    load_state,
+    log_to,
+    save_state,
+)
+from autoprune.search import Searcher, count_recorded
 from autoprune.search_spaces import SearchSpace
 
-__all__ = ["RunContents", "RunOutcome", "open_run", "resume", "start"]
+__all__ = ["RunContents", "RunOutcome", "open_run", "prepare", "resume", "save_checkpoint", "start"]
 
 log = logging.getLogger("autoprune.run")
-CHECKPOINT = "searcher.ckpt"
 BACKUP_SECONDS = 30.0  # the ledger is backed up at most this often (SQLite's online backup: milliseconds)
+
+
+def save_checkpoint(searcher: Searcher, run_dir: Path) -> None:
+    """Write the searcher's state into ``run_dir`` atomically."""
+    save_state(run_dir, searcher.state_dict())
 
 
 @dataclass
@@ -43,33 +55,6 @@ class RunOutcome:
     run_dir: Path
     summary: dict[str, Any]
     already_finished: bool = False
-
-
-def _load_data(config: Config) -> Splits:
-    if ":" in config.data.name:
-        splits = import_object(config.data.name)()
-        if not isinstance(splits, Splits):
-            raise ConfigError(f"data.name: {config.data.name} must return autoprune.data.Splits")
-        return splits
-    return load_dataset(config.data.name, root=config.data.root, val_size=config.data.val_size,
-                        seed=config.data.split_seed)
-
-
-def _budget(config: Config) -> Budget:
-    """The budget the user asked for (the search may aim under its latency limit: ``latency.margin``)."""
-    return Budget(**config.budget.model_dump())
-
-
-def _space(config: Config, model: nn.Module, splits: Splits) -> SearchSpace:
-    """The config's search space, priced in latency when its budget needs it (the table is cached on disk)."""
-    space = SearchSpace.from_model(model, splits.example_inputs(), ignored_layers=config.pruner.ignored_layers,
-                                   bounds=config.pruner.bounds, round_to=config.pruner.round_to)
-    if _budget(config).needs_latency:
-        from autoprune.latency import LatencyTable
-
-        space.attach_latency(LatencyTable.build(model, space, runtime=config.latency.runtime,
-                                                batch=config.latency.batch))
-    return space
 
 
 def _existing_run(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -81,106 +66,17 @@ def _existing_run(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     return run_dir, json.loads(result.read_text()) if result.exists() else {}
 
 
-def _load_model(config: Config, splits: Splits, run_dir: Path, show_progress: bool) -> tuple[nn.Module, dict[str, Any]]:
-    from autoprune.models import REFERENCE_DIR, create_model, load_checkpoint, save_checkpoint
-    from autoprune.training import TrainConfig, accuracy, train
-
-    c, size = splits.input_shape[0], splits.input_shape[-1]
-    spec = {"model": config.model.name, "in_channels": c, "num_classes": splits.num_classes, "image_size": size}
-    if ":" in config.model.name:
-        model = import_object(config.model.name)()
-        if config.model.checkpoint:
-            model.load_state_dict(torch.load(config.model.checkpoint, map_location="cpu", weights_only=True))
-        return model.eval(), spec
-    candidates = [config.model.checkpoint] if config.model.checkpoint else [
-        str(run_dir / "dense.pt"), str(REFERENCE_DIR / f"{config.model.name}_{config.data.name}.pt")]
-    for path in candidates:
-        if path and Path(path).exists():
-            model, _ = load_checkpoint(path)
-            return model, spec
-    if config.model.checkpoint:
-        raise ConfigError(f"model.checkpoint: {config.model.checkpoint} does not exist")
-    if config.model.train_epochs is None:
-        raise ConfigError(f"model: no checkpoint for {config.model.name} on {config.data.name}; "
-                          "set model.checkpoint, or model.train_epochs to train one first")
-    torch.manual_seed(config.seed)
-    model = create_model(config.model.name, in_channels=c, num_classes=splits.num_classes, image_size=size)
-    budget = _budget(config)
-    if not budget.needs_latency:  # costs do not depend on weights: refuse an impossible budget before training
-        check_feasible(_space(config, model, splits), budget)
-    train(model, splits.train, TrainConfig(epochs=config.model.train_epochs, seed=config.seed,
-                                           hflip=splits.input_shape[-1] > 8), show_progress=show_progress)
-    save_checkpoint(model, run_dir / "dense.pt", {**spec, "test_accuracy": accuracy(model, splits.test)})
-    return model.eval(), spec
-
-
-def _build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher, Splits, dict[str, Any]]:
-    torch.set_num_threads(config.threads)
-    splits = _load_data(config)
-    model, spec = _load_model(config, splits, run_dir, show_progress)
-    space = _space(config, model, splits)
-    budget = _budget(config).with_latency_margin(config.latency.margin)
-    try:
-        check_feasible(space, budget)
-    except InfeasibleBudgetError as e:
-        if budget == _budget(config):
-            raise
-        raise InfeasibleBudgetError(f"{e} or lower latency.margin ({config.latency.margin:g}), which lowers the "
-                                    "search's latency limit") from None
-    ev = config.evaluation
-    if ev.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"evaluation.device: {ev.device} asked for, but torch sees no CUDA device; use cpu")
-    evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
-                          importance=config.pruner.importance, val_size=ev.val_size, bn_batches=ev.bn_batches,
-                          batch_size=ev.batch_size, finetune_steps=ev.finetune_steps, path=ev.path,
-                          reward=config.reward, seed=config.seed, device=ev.device)
-    options = dict(config.search.options)
-    if config.search.workers > 1 or config.search.address:
-        evaluator = RayEvaluator(evaluator, workers=config.search.workers, address=config.search.address)  # type: ignore[assignment]
-        # keep every worker busy: that many evaluations per step (evolution scores whole generations)
-        if config.search.backend in ("tpe", "gp", "cmaes", "qmc", "nsga2", "random"):
-            options.setdefault("batch_size", config.search.workers)
-        elif config.search.backend == "ddpg":
-            options.setdefault("parallel_episodes", config.search.workers)
-    searcher = create_searcher(config.search.backend, evaluator=evaluator, seed=config.seed,
-                               ledger=_ledger_location(config, run_dir), **options)
-    return searcher, splits, spec
-
-
-def _ledger_location(config: Config, run_dir: Path) -> Path | LedgerSpec:
-    """The run directory's SQLite file, or this run's own study in a shared database."""
-    if config.search.storage:
-        return LedgerSpec(config.search.storage, study_name=f"autoprune/{run_dir.name}")
-    return run_dir
-
-
-def save_checkpoint(searcher: Searcher, run_dir: Path) -> None:
-    """Write the searcher's state into ``run_dir`` atomically."""
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    with tmp.open("wb") as f:
-        pickle.dump(searcher.state_dict(), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / CHECKPOINT)  # atomic: a kill mid-write leaves the previous checkpoint
-
-
 def prepare(config: Config, run_dir: Path, *, show_progress: bool = False) -> tuple[Searcher, Splits, dict[str, Any]]:
     """The run's searcher, restored from ``run_dir``'s checkpoint when there is one."""
     if not config.search.storage:
         check_ledger(run_dir)  # before any slow set-up: a damaged ledger is a one-line error naming its backup
-    searcher, splits, spec = _build(config, run_dir, show_progress)
+    searcher, splits, spec = build(config, run_dir, show_progress)
     if not config.search.storage:  # our own SQLite ledger, and we hold the run: a RUNNING trial is a dead one's
         stale = searcher.ledger.fail_running()
         if stale:
             log.info("closed %d trial(s) left running by a process that died (marked failed)", stale)
-    ckpt = run_dir / CHECKPOINT
-    if ckpt.exists():
-        try:
-            with ckpt.open("rb") as f:
-                state = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
-            raise ConfigError(f"{ckpt} is damaged ({type(e).__name__}); delete it to continue from the ledger "
-                              "alone (recorded evaluations are kept and not re-run; the searcher restarts)") from e
+    state = load_state(run_dir)
+    if state is not None:
         searcher.load_state_dict(state)
         log.info("resumed %s with %d evaluations in the ledger", config.search.backend, len(searcher.ledger))
     return searcher, splits, spec
@@ -188,7 +84,7 @@ def prepare(config: Config, run_dir: Path, *, show_progress: bool = False) -> tu
 
 def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
     log.info("run %s: %s search for %d evaluations under %s, seed %d, %d worker(s)", run_dir, config.search.backend,
-             config.search.evaluations, _budget(config), config.seed, config.search.workers)
+             config.search.evaluations, requested_budget(config), config.seed, config.search.workers)
     searcher, splits, spec = prepare(config, run_dir, show_progress=show_progress)
     start = time.perf_counter()
     backed_up = [time.monotonic()]
@@ -222,59 +118,6 @@ def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
     return RunOutcome(run_dir, summary)
 
 
-def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, Any], run_dir: Path,
-           seconds: float, *, show_progress: bool = False) -> dict[str, Any]:
-    """Prune the best policy, check the budget on the counted model, save it and ``result.json``."""
-    from autoprune.costs import count_costs
-    from autoprune.model_io import save_pruned
-    from autoprune.progress import track_progress
-    from autoprune.training import accuracy
-
-    best = searcher.best
-    if best is None:
-        raise RuntimeError(_why_nothing_completed(searcher.ledger.results))
-    evaluator, budget = searcher.evaluator, _budget(config)
-    measured = None
-    with track_progress("finishing", 3, enabled=show_progress, log_every_s=0.0) as phase:
-        if budget.needs_latency:  # the table predicts; the shipped model must meet it when measured
-            phase.advance(0, phase="measuring latency")
-            best, measured = _measured_within_latency(searcher, config, splits)
-        phase.advance(0, phase="prune + refit" if config.pruner.reconstruct else "prune")
-        pruned = evaluator.release(best.policy, reconstruct=config.pruner.reconstruct)
-        phase.advance(1, phase="count + test")
-        counted = count_costs(pruned, splits.example_inputs())
-        dense = evaluator.space.dense_costs
-        (run_dir / "best_policy.json").write_text(best.policy.to_json(indent=2))
-        save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(best.policy), spec)
-        dense_test, pruned_test = accuracy(evaluator.model, splits.test), accuracy(pruned, splits.test)
-        phase.advance(1, phase="saved")
-        phase.advance(1, phase="done")
-    summary = {"backend": config.search.backend, "evaluations": len(searcher.ledger),
-               "search_seconds": seconds, "budget": str(budget), "search_budget": str(evaluator.budget),
-               "dense": {"flops": dense.macs, "params": dense.params, "val_accuracy": evaluator.dense_accuracy(),
-                         "test_accuracy": dense_test},
-               "pruned": {"flops": counted.macs, "params": counted.params, "val_accuracy": best.accuracy,
-                          "test_accuracy": pruned_test, "latency": best.latency},
-               # counted FLOPs/params of the physically pruned model; latency as the table predicts it
-               "meets_budget": budget.holds(replace(counted, latency=best.latency), dense)
-               and (measured is None or measured["within_budget"]),
-               "measured_latency": measured, "reconstructed": config.pruner.reconstruct, "best": best.to_dict(),
-               "done": True}
-    (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def _why_nothing_completed(results: list[Result]) -> str:
-    """The message for a search with no usable result: the most common failure, not only the budget."""
-    failures = Counter(r.failed[:160] for r in results if r.failed)
-    if failures:
-        cause, n = failures.most_common(1)[0]
-        return (f"no evaluation completed: {n} of {len(results)} failed with '{cause}' (the most common "
-                "failure; every failure is in the ledger); fix that, e.g. the reward, and start again")
-    return (f"no evaluation met the budget ({len(results)} evaluated, all over it); loosen the budget or lower "
-            "pruner.bounds' minimum")
-
-
 @dataclass
 class RunContents:
     """A finished run, loaded for reporting, fine-tuning or export (nothing outside ``run_dir`` needed)."""
@@ -306,7 +149,7 @@ class RunContents:
         """Every distinct evaluation in the run's ledger, in the order recorded."""
         from autoprune.search import read_ledger
 
-        return read_ledger(_ledger_location(self.config, self.run_dir))
+        return read_ledger(ledger_location(self.config, self.run_dir))
 
     def read(self, name: str) -> dict[str, Any] | None:
         """A JSON file of the run directory, or None when that step has not run."""
@@ -321,51 +164,10 @@ def open_run(run_dir: str | Path) -> RunContents:
         raise ConfigError(f"{run_dir} is not finished; continue it with 'autoprune resume {run_dir}'")
     config = load_config(run_dir / "config.yaml")
     torch.set_num_threads(config.threads)
-    splits = _load_data(config)
-    model, spec = _load_model(config, splits, run_dir, show_progress=False)
-    space = _space(config, model, splits)
+    splits = load_data(config)
+    model, spec = load_model(config, splits, run_dir, show_progress=False)
+    space = build_space(config, model, splits)
     return RunContents(run_dir, config, splits, model, space, spec, summary)
-
-
-def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
-                             max_checks: int = 10) -> tuple[Result, dict[str, Any]]:
-    """The best-rewarded evaluation whose *measured* latency meets the budget.
-
-    The latency table's predictions are off by a few percent (benchmarks/results/latency.md), so
-    the candidates are measured against the dense model (interleaved, on this machine) in order
-    of reward; the first that meets the limit is the one returned. ``within_budget`` is False
-    when none of the ``max_checks`` best does, and the best is returned as searched.
-    """
-    from autoprune.latency import make_runner, measure
-
-    evaluator, budget = searcher.evaluator, _budget(config)  # the limit itself, not the search's margin
-    x = splits.tensor_inputs(config.latency.batch)
-    runtime = config.latency.runtime
-    dense_runner = make_runner(evaluator.model, x, runtime)
-    candidates = sorted((r for r in searcher.ledger.results if r.ok), key=lambda r: -(r.reward or -math.inf))
-    checks = []
-    for result in candidates[:max_checks]:
-        t = measure({"dense": dense_runner, "pruned": make_runner(evaluator.pruner.prune(result.policy), x, runtime)},
-                    repeats=30)
-        ratio = t["pruned"] / t["dense"]
-        ok = (budget.latency is None or ratio <= budget.latency) and (
-            budget.latency_ms is None or t["pruned"] * 1e3 <= budget.latency_ms)
-        checks.append({"dense_ms": t["dense"] * 1e3, "pruned_ms": t["pruned"] * 1e3, "ratio": ratio,
-                       "predicted_ratio": (result.latency or math.nan) / (evaluator.space.dense_costs.latency or 1),
-                       "reward": result.reward})
-        log.info("measured latency of candidate %d: %.1f%% of dense (%s)", len(checks), 100 * ratio,
-                 "within budget" if ok else "over budget")
-        if ok:
-            return result, {**checks[-1], "within_budget": True, "runtime": runtime, "checked": checks}
-    return candidates[0], {**checks[0], "within_budget": False, "runtime": runtime, "checked": checks}
-
-
-def _logging_to(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("autoprune").addHandler(handler)
-    logging.getLogger("autoprune").setLevel(logging.INFO)
-    return handler
 
 
 def start(config: Config, run_dir: str | Path, *, show_progress: bool = True) -> RunOutcome:
@@ -379,7 +181,7 @@ def start(config: Config, run_dir: str | Path, *, show_progress: bool = True) ->
             raise ConfigError(f"{run_dir} already holds a run; use 'autoprune resume {run_dir}' or another --run-dir")
         config.dump(run_dir / "config.yaml")
         freeze(run_dir, config.model_dump(mode="json"))
-        handler = _logging_to(run_dir)
+        handler = log_to(run_dir)
         try:
             return _search(config, run_dir, show_progress)
         except ValueError:  # bad input (infeasible budget, unusable model, ...): leave no run to resume
@@ -414,7 +216,7 @@ def resume(run_dir: str | Path, *, show_progress: bool = True, evaluations: int 
             freeze(run_dir, config.model_dump(mode="json"))
         if summary.get("done"):
             return RunOutcome(run_dir, summary, already_finished=True)
-        handler = _logging_to(run_dir)
+        handler = log_to(run_dir)
         try:
             return _search(config, run_dir, show_progress)
         finally:

@@ -1,4 +1,10 @@
-"""The run directory's guarantees: one writer at a time, and a configuration that cannot drift.
+"""The run directory: every file of a run, and its guarantees (one writer, a ledger that survives damage,
+a configuration that cannot drift).
+
+``RUN_DIR/`` holds ``config.yaml`` (resolved) and ``config.frozen.json`` (as started), ``ledger.db`` (every
+evaluation) and its backup ``ledger.db.bak``, ``searcher.ckpt`` (the backend's state after its last step),
+``.lock``, ``log.txt``, and once finished ``best_policy.json``, ``pruned.pt``, ``result.json``; later
+``finetuned-N.pt`` / ``finetuned.pt``, ``export/``, ``report.html``.
 
 * **Lock** (:func:`hold`): every command that writes into a run (``search``, ``resume``, ``finetune``,
   ``export``, ``report``) holds an exclusive ``flock`` on ``RUN_DIR/.lock`` for as long as it runs. The
@@ -19,7 +25,9 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import logging
 import os
+import pickle
 import socket
 import sqlite3
 import time
@@ -28,19 +36,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["BACKUP", "FROZEN", "LEDGER", "LOCK", "ConfigChangedError", "LedgerDamagedError", "RunInUseError",
-           "backup_ledger", "check_ledger", "check_unchanged", "freeze", "hold", "holding"]
+__all__ = ["BACKUP", "CHECKPOINT", "FROZEN", "LEDGER", "LOCK", "CheckpointDamagedError", "ConfigChangedError",
+           "LedgerDamagedError", "RunInUseError", "backup_ledger", "check_ledger", "check_unchanged", "freeze", "hold",
+           "holding", "load_state", "log_to", "save_state"]
 
 T = TypeVar("T")
 
 LOCK = ".lock"
 FROZEN = "config.frozen.json"
 LEDGER = "ledger.db"
+CHECKPOINT = "searcher.ckpt"
 BACKUP = "ledger.db.bak"
 
 
 class RunInUseError(ValueError):
     """Another process holds the run directory."""
+
+
+class CheckpointDamagedError(ValueError):
+    """The searcher's checkpoint cannot be read."""
 
 
 class LedgerDamagedError(ValueError):
@@ -179,3 +193,40 @@ def check_ledger(run_dir: str | os.PathLike[str]) -> None:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(backup.stat().st_mtime))
     raise LedgerDamagedError(f"{path} is damaged ({problem}); its backup of {when} holds {saved} completed "
                              f"evaluations (later ones are lost): cp {backup} {path} && autoprune resume {run_dir}")
+
+
+def save_state(run_dir: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Write a searcher's state to ``searcher.ckpt`` atomically (a kill mid-write leaves the previous one)."""
+    tmp = Path(run_dir) / (CHECKPOINT + ".tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, Path(run_dir) / CHECKPOINT)
+
+
+def load_state(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The searcher's state saved in ``run_dir``, or None when there is none.
+
+    Raises:
+        CheckpointDamagedError: the file cannot be read; the message says how to continue without it.
+    """
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as f:
+            return dict(pickle.load(f))
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as e:
+        raise CheckpointDamagedError(f"{path} is damaged ({type(e).__name__}); delete it to continue from the "
+                                     "ledger alone (recorded evaluations are kept and not re-run; the searcher "
+                                     "restarts)") from e
+
+
+def log_to(run_dir: str | os.PathLike[str]) -> logging.Handler:
+    """Send autoprune's log lines to ``run_dir/log.txt`` (remove the handler when the command ends)."""
+    handler = logging.FileHandler(Path(run_dir) / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("autoprune").addHandler(handler)
+    logging.getLogger("autoprune").setLevel(logging.INFO)
+    return handler

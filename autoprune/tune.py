@@ -23,6 +23,7 @@ from ray import tune
 
 from autoprune import run
 from autoprune.config import Config, validate_config
+from autoprune.finishing import finish
 
 __all__ = ["SearchTrainable", "experiment_grid", "resume_experiment", "run_experiment"]
 
@@ -48,7 +49,7 @@ class SearchTrainable(tune.Trainable):
         metrics = {"evaluations": len(self.searcher.ledger), "best_reward": best.reward if best else None,
                    "best_accuracy": best.accuracy if best else None, "done": done, "run_dir": str(self.run_dir)}
         if done:
-            summary = run.finish(self.searcher, self.cfg, self.splits, self.spec, self.run_dir, self.seconds)
+            summary = finish(self.searcher, self.cfg, self.splits, self.spec, self.run_dir, self.seconds)
             metrics.update(test_accuracy=summary["pruned"]["test_accuracy"], meets_budget=summary["meets_budget"])
         return metrics
 
