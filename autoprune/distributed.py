@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from autoprune.evaluation import Evaluator, Result
+from autoprune.result import Result
+from autoprune.scoring import PolicyEvaluator
 
 __all__ = ["WORKER_RESTARTS", "RayEvaluator", "WorkersLostError"]
 
@@ -38,7 +39,7 @@ class WorkersLostError(RuntimeError):
 class _EvaluatorActor:
     """One Ray worker: unpickles the evaluator once, then scores the policies it is sent."""
 
-    def __init__(self, evaluator: Evaluator, threads: int) -> None:
+    def __init__(self, evaluator: PolicyEvaluator, threads: int) -> None:
         torch.set_num_threads(threads)
         self.evaluator = evaluator
 
@@ -66,7 +67,7 @@ class RayEvaluator:
             ``None`` starts a local Ray sized to ``workers``.
     """
 
-    def __init__(self, evaluator: Evaluator, *, workers: int = 2, address: str | None = None,
+    def __init__(self, evaluator: PolicyEvaluator, *, workers: int = 2, address: str | None = None,
                  threads_per_worker: int = 1) -> None:
         import ray
         from ray.util import ActorPool

@@ -26,6 +26,7 @@ from torch.utils.data import TensorDataset
 from autoprune.budget import Budget
 from autoprune.forward import Inputs, OutputSelector, call, dataset, examples, select_output, take, to_device
 from autoprune.forward import batch_size as count
+from autoprune.groups import Plan
 from autoprune.importance import DATA_CRITERIA, Criterion
 from autoprune.pruning import Pruner
 from autoprune.result import Result
@@ -144,7 +145,12 @@ class Evaluator:
         self.path = "exact" if finetune_steps or self.device.type != "cpu" else path
         self.path_timing: dict[str, float] = {}
 
-    def release(self, policy: Policy, *, bn_images: int = RELEASE_BN_IMAGES, reconstruct: bool = True) -> nn.Module:
+    def plan(self, policy: Mapping[str, float]) -> Plan:
+        """The pruning plan of ``policy`` (the pruner's importance order applied to its kept counts)."""
+        return self.pruner.plan(policy)
+
+    def release(self, policy: Mapping[str, float], *, bn_images: int = RELEASE_BN_IMAGES,
+                reconstruct: bool = True) -> nn.Module:
         """The physically pruned model of ``policy`` (on the CPU) as a search hands it back: with
         ``reconstruct``, the layers that lost input channels refitted by least squares to the dense
         model's outputs (:mod:`autoprune.reconstruction`), then its BatchNorm statistics re-estimated

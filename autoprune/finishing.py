@@ -13,7 +13,7 @@ from typing import Any
 from autoprune.assembly import requested_budget
 from autoprune.config import Config
 from autoprune.data import Splits
-from autoprune.evaluation import Result
+from autoprune.result import Result
 from autoprune.search import Searcher
 
 __all__ = ["finish"]
@@ -44,7 +44,7 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
         counted = count_costs(pruned, splits.example_inputs())
         dense = evaluator.space.dense_costs
         (run_dir / "best_policy.json").write_text(best.policy.to_json(indent=2))
-        save_pruned(run_dir / "pruned.pt", pruned, evaluator.pruner.plan(best.policy), spec)
+        save_pruned(run_dir / "pruned.pt", pruned, evaluator.plan(best.policy), spec)
         dense_test, pruned_test = accuracy(evaluator.model, splits.test), accuracy(pruned, splits.test)
         phase.advance(1, phase="saved")
         phase.advance(1, phase="done")
@@ -92,8 +92,9 @@ def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
     candidates = sorted((r for r in searcher.ledger.results if r.ok), key=lambda r: -(r.reward or -math.inf))
     checks = []
     for result in candidates[:max_checks]:
-        t = measure({"dense": dense_runner, "pruned": make_runner(evaluator.pruner.prune(result.policy), x, runtime)},
-                    repeats=30)
+        # latency depends on the pruned shapes only, whichever channels go
+        shaped = evaluator.space.shaped_copy(evaluator.model, result.policy)
+        t = measure({"dense": dense_runner, "pruned": make_runner(shaped, x, runtime)}, repeats=30)
         ratio = t["pruned"] / t["dense"]
         ok = (budget.latency is None or ratio <= budget.latency) and (
             budget.latency_ms is None or t["pruned"] * 1e3 <= budget.latency_ms)

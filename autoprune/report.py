@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.evaluation import Result
+from autoprune.result import Result
 from autoprune.run import RunContents, open_run
 from autoprune.run_directory import holding
 from autoprune.search_spaces import Policy

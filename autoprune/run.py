@@ -22,8 +22,8 @@ from autoprune.assembly import build, build_space, ledger_location, load_data, l
 from autoprune.config import Config, ConfigError, load_config
 from autoprune.data import Splits
 from autoprune.distributed import WorkersLostError
-from autoprune.evaluation import Result
 from autoprune.finishing import finish
+from autoprune.result import Result
 from autoprune.run_directory import (
     CHECKPOINT,
     FROZEN,

@@ -17,7 +17,8 @@ from gymnasium import spaces
 from torch import nn
 
 from autoprune.budget import Budget, check_feasible, min_ratio, reachable
-from autoprune.evaluation import Evaluator, Result
+from autoprune.result import Result
+from autoprune.scoring import PolicyEvaluator
 from autoprune.search_spaces import Policy
 
 __all__ = ["OBSERVATION_FEATURES", "PruneEnv"]
@@ -43,7 +44,7 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, evaluator: Evaluator, budget: Budget | None = None, *, failed_reward: float = 0.0) -> None:
+    def __init__(self, evaluator: PolicyEvaluator, budget: Budget | None = None, *, failed_reward: float = 0.0) -> None:
         self.evaluator = evaluator
         self.space = evaluator.space
         self.budget = budget if budget is not None else evaluator.budget

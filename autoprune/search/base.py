@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autoprune.budget import project
-from autoprune.evaluation import Evaluator, Result
 from autoprune.progress import track_progress
+from autoprune.result import Result
+from autoprune.scoring import PolicyEvaluator
 from autoprune.search.ledger import Ledger, LedgerSpec
 from autoprune.search_spaces import Policy
 
@@ -55,7 +56,7 @@ class Searcher(ABC):
     fills_budget: bool = False
     max_stale_steps: ClassVar[int] = 50  # steps proposing only already-evaluated policies before giving up
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None,
+    def __init__(self, evaluator: PolicyEvaluator, *, seed: int = 0, ledger: LedgerLike = None,
                  fill_budget: bool | None = None) -> None:
         if fill_budget is not None:
             if fill_budget and len(self.directions) > 1:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from autoprune.budget import uniform_policy
-from autoprune.evaluation import Evaluator, Result
+from autoprune.result import Result
+from autoprune.scoring import PolicyEvaluator
 from autoprune.search.base import LedgerLike, Searcher
 
 __all__ = ["RandomSearcher", "UniformSearcher"]
@@ -18,7 +19,7 @@ class RandomSearcher(Searcher):
     name = "random"
     fills_budget = True
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None,
+    def __init__(self, evaluator: PolicyEvaluator, *, seed: int = 0, ledger: LedgerLike = None,
                  batch_size: int = 1, fill_budget: bool | None = None) -> None:
         super().__init__(evaluator, seed=seed, ledger=ledger, fill_budget=fill_budget)
         self.batch_size = batch_size
@@ -32,7 +33,7 @@ class UniformSearcher(Searcher):
 
     name = "uniform"
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None) -> None:
+    def __init__(self, evaluator: PolicyEvaluator, *, seed: int = 0, ledger: LedgerLike = None) -> None:
         super().__init__(evaluator, seed=seed, ledger=ledger)
         self._policy = uniform_policy(self.space, self.budget)
 

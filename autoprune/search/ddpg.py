@@ -40,7 +40,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from autoprune.envs import PruneEnv
-from autoprune.evaluation import Evaluator, Result
+from autoprune.result import Result
+from autoprune.scoring import PolicyEvaluator
 from autoprune.search.base import LedgerLike, Searcher
 from autoprune.search_spaces import Policy
 
@@ -185,7 +186,7 @@ class DDPGSearcher(Searcher):
 
     name = "ddpg"
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, warmup: int = 100,
+    def __init__(self, evaluator: PolicyEvaluator, *, seed: int = 0, ledger: LedgerLike = None, warmup: int = 100,
                  actor_lr: float = 1e-4, critic_lr: float = 1e-3, tau: float = 0.01, batch_size: int = 64,
                  discount: float = 1.0, buffer_episodes: int = 100, hidden: int = 300, sigma: float = 0.5,
                  sigma_decay: float = 0.95, failed_reward: float = 0.0, parallel_episodes: int = 1) -> None:

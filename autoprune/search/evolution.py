@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autoprune.evaluation import Evaluator, Result
+from autoprune.result import Result
+from autoprune.scoring import PolicyEvaluator
 from autoprune.search.base import LedgerLike, Searcher
 from autoprune.search_spaces import Policy
 
@@ -26,7 +27,7 @@ class EvolutionSearcher(Searcher):
     name = "evolution"
     fills_budget = True
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, population: int = 50,
+    def __init__(self, evaluator: PolicyEvaluator, *, seed: int = 0, ledger: LedgerLike = None, population: int = 50,
                  generations: int = 20, top_k: int = 10, mutation_prob: float = 0.1, n_mutation: int = 25,
                  n_crossover: int = 25, max_redraws: int = 20, fill_budget: bool | None = None) -> None:
         super().__init__(evaluator, seed=seed, ledger=ledger, fill_budget=fill_budget)

@@ -25,7 +25,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from autoprune.evaluation import Result
+from autoprune.result import Result
 from autoprune.search_spaces import Policy, SearchSpace
 
 __all__ = ["Ledger", "LedgerSpec", "count_recorded", "read_ledger"]

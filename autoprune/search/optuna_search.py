@@ -23,7 +23,8 @@ from typing import Any
 
 import optuna
 
-from autoprune.evaluation import Evaluator, Result
+from autoprune.result import Result
+from autoprune.scoring import PolicyEvaluator
 from autoprune.search.base import LedgerLike, Searcher
 from autoprune.search_spaces import Policy
 
@@ -64,7 +65,7 @@ class OptunaSearcher(Searcher):
     name = "optuna"  # each instance is named after its sampler: tpe, gp, cmaes, qmc, nsga2, random
     aliases = ("optuna",)
 
-    def __init__(self, evaluator: Evaluator, *, seed: int = 0, ledger: LedgerLike = None, sampler: str = "tpe",
+    def __init__(self, evaluator: PolicyEvaluator, *, seed: int = 0, ledger: LedgerLike = None, sampler: str = "tpe",
                  batch_size: int = 1, n_startup_trials: int = 10, pareto_objective: str = "flops",
                  fill_budget: bool | None = None) -> None:
         if sampler not in SAMPLERS:
