@@ -25,7 +25,7 @@ __all__ = ["build", "build_space", "ledger_location", "load_data", "load_model",
 
 def load_data(config: Config) -> Splits:
     if ":" in config.data.name:
-        splits = import_object(config.data.name)()
+        splits = import_object(config.data.name, what="data.name")()
         if not isinstance(splits, Splits):
             raise ConfigError(f"data.name: {config.data.name} must return autoprune.data.Splits")
         return splits
@@ -57,7 +57,7 @@ def load_model(config: Config, splits: Splits, run_dir: Path, show_progress: boo
     c, size = splits.input_shape[0], splits.input_shape[-1]
     spec = {"model": config.model.name, "in_channels": c, "num_classes": splits.num_classes, "image_size": size}
     if ":" in config.model.name:
-        model = import_object(config.model.name)()
+        model = import_object(config.model.name, what="model.name")()
         if config.model.checkpoint:
             model.load_state_dict(torch.load(config.model.checkpoint, map_location="cpu", weights_only=True))
         return model.eval(), spec

@@ -7,13 +7,14 @@ written into the run directory, so a run can be resumed or reproduced from it al
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoprune.objects import load_object
 
 __all__ = ["Config", "ConfigError", "load_config"]
 
@@ -174,10 +175,9 @@ def validate_config(data: Mapping[str, Any]) -> Config:
         raise ConfigError(f"{where}: {msg}{more}") from None
 
 
-def import_object(spec: str) -> Any:
-    """Import ``"package.module:attribute"``."""
-    module, _, attr = spec.partition(":")
+def import_object(spec: str, *, what: str = "object") -> Any:
+    """Import ``"package.module:attribute"`` (:func:`autoprune.objects.load_object`), as a :class:`ConfigError`."""
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot import {spec!r}: {e}") from None
+        return load_object(spec, what=what)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -7,7 +7,6 @@ rebuilds by replaying the plan on a fresh dense model.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from torch import nn
 
 from autoprune.groups import Plan
 from autoprune.models import create_model
+from autoprune.objects import load_object
 from autoprune.surgery import apply_plan
 
 __all__ = ["export_onnx", "load_pruned", "read_plan", "save_pruned"]
@@ -64,8 +64,7 @@ def load_pruned(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]
     blob = _read_pruned(path)
     spec = json.loads(blob["model_spec"])
     if ":" in spec["model"]:  # a user's "package.module:factory"
-        module, _, factory = spec["model"].partition(":")
-        model = getattr(importlib.import_module(module), factory)()
+        model = load_object(spec["model"], what="model factory")()
     else:
         model = create_model(spec["model"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
                              image_size=spec["image_size"])

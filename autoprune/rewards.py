@@ -9,12 +9,12 @@ failed (the evaluator records the error), so a search goes on.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from autoprune.objects import load_object
 from autoprune.result import Result
 
 __all__ = ["REWARDS", "Baseline", "Reward", "acc_flops", "acc_latency", "acc_params", "accuracy", "get_reward",
@@ -84,14 +84,7 @@ def get_reward(spec: str | Callable[..., float] | None) -> Reward:
     if callable(spec):
         return spec  # type: ignore[return-value]
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except ImportError as e:
-            raise ValueError(f"reward {spec!r}: cannot import module {module_name!r} ({e}); "
-                             "check it is installed or on PYTHONPATH") from None
-        except AttributeError:
-            raise ValueError(f"reward {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+        fn = load_object(spec, what="reward")
         if not callable(fn):
             raise ValueError(f"reward {spec!r} is not callable")
         return fn  # type: ignore[no-any-return]
