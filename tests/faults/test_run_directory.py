@@ -76,19 +76,7 @@ def test_an_edited_config_is_refused_listing_the_changed_keys(tmp_path):
 
 
 def test_resume_refuses_an_edited_budget_and_extends_with_its_option(tmp_path, capsys, monkeypatch):
-    run_dir = tmp_path / "run"
-    calls = {"n": 0}
-    original = Evaluator.__call__
-
-    def interrupting(self, policy):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, policy)
-
-    monkeypatch.setattr(Evaluator, "__call__", interrupting)
-    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet"]) == 130
-    monkeypatch.setattr(Evaluator, "__call__", original)
+    run_dir = _interrupted_run(tmp_path, monkeypatch, SMOKE, 3)
     capsys.readouterr()
     text = (run_dir / "config.yaml").read_text()
     (run_dir / "config.yaml").write_text(text.replace("flops: 0.5", "flops: 0.3"))
