@@ -18,7 +18,11 @@ had, :class:`WorkersLostError` says to resume.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -36,6 +40,26 @@ class WorkersLostError(RuntimeError):
     """A Ray worker died and could not be replaced."""
 
 
+@contextmanager
+def _stderr_to_log() -> Iterator[None]:
+    """Send what is written to the process's stderr (file descriptor 2, which Ray's C++ core writes to)
+    during the block to this module's log instead of the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.info("ray: %s", line.strip())
+
+
 class _EvaluatorActor:
     """One Ray worker: unpickles the evaluator once, then scores the policies it is sent."""
 
@@ -47,8 +71,6 @@ class _EvaluatorActor:
         return self.evaluator(policy)
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
 
     def node(self) -> str:
@@ -75,18 +97,21 @@ class RayEvaluator:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._started_ray = not ray.is_initialized()
-        if self._started_ray:
-            ray.init(address=address, num_cpus=None if address else workers * threads_per_worker,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
-        self._local = evaluator
-        shared = ray.put(evaluator)
-        actor = ray.remote(num_cpus=threads_per_worker, max_restarts=WORKER_RESTARTS,
-                           max_task_retries=WORKER_RESTARTS)(_EvaluatorActor)
-        self._actors = [actor.remote(shared, threads_per_worker) for _ in range(workers)]  # type: ignore[attr-defined]
-        self._pool = ActorPool(self._actors)
-        self.workers = workers
-        # waits until every actor is up, and says where they run
-        self.nodes = sorted(set(ray.get([a.node.remote() for a in self._actors])))  # type: ignore[attr-defined]
+        with _stderr_to_log():  # Ray's start-up notices go to the run's log.txt, not the terminal
+            if self._started_ray:
+                ray.init(address=address, num_cpus=None if address else workers * threads_per_worker,
+                         include_dashboard=False, log_to_driver=False, configure_logging=False)
+            self._local = evaluator
+            # held for the actors' lifetime: a restarted actor is rebuilt from this object
+            self._shared = ray.put(evaluator)
+            actor = ray.remote(num_cpus=threads_per_worker, max_restarts=WORKER_RESTARTS,
+                               max_task_retries=WORKER_RESTARTS)(_EvaluatorActor)
+            self._actors = [actor.remote(self._shared, threads_per_worker)  # type: ignore[attr-defined]
+                            for _ in range(workers)]
+            self._pool = ActorPool(self._actors)
+            self.workers = workers
+            # waits until every actor is up, and says where they run
+            self.nodes = sorted(set(ray.get([a.node.remote() for a in self._actors])))  # type: ignore[attr-defined]
         log.info("%d Ray workers on %d node(s)", workers, len(self.nodes))
 
     def map(self, policies: Sequence[Mapping[str, float]]) -> list[Result]:

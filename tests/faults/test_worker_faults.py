@@ -57,3 +57,25 @@ def test_a_killed_worker_is_replaced_and_its_evaluation_rerun(ray_evaluator):
     assert all(r.failed is None for r in results)
     pids = ray_ev.worker_pids()
     assert victim not in pids and len(set(pids)) == 2  # replaced
+
+
+def test_ray_start_up_notices_go_to_the_log_not_the_terminal():
+    """In a fresh process (Ray's state in this one depends on the tests before): nothing of Ray's on stderr,
+    its notices in the log."""
+    pytest.importorskip("ray")
+    import subprocess
+    import sys
+
+    code = ("import logging, sys, torch\n"
+            "logging.basicConfig(stream=sys.stdout, level=logging.INFO, format='%(name)s %(message)s')\n"
+            "from autoprune.distributed import RayEvaluator\nfrom autoprune.evaluation import Evaluator\n"
+            "from autoprune.models import create_model\nfrom autoprune.search_spaces import SearchSpace\n"
+            "from tests.conftest import random_data\n"
+            "model = create_model('mlp', in_channels=1, image_size=8).eval()\ndata = random_data(32, (1, 8, 8))\n"
+            "space = SearchSpace.from_model(model, data.tensors[0][:1])\n"
+            "ev = Evaluator(model, space, train_data=data, val_data=data, val_size=16, bn_batches=1, batch_size=16)\n"
+            "RayEvaluator(ev, workers=1).shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert "max_restarts" not in done.stderr and "Token authentication" not in done.stderr, done.stderr[-1000:]
+    assert "autoprune.distributed ray: " in done.stdout  # logged, so a run's log.txt has it
