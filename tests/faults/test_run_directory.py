@@ -16,7 +16,7 @@ import yaml
 from autoprune import cli
 from autoprune.evaluation import Evaluator
 from autoprune.run_directory import ConfigChangedError, RunInUseError, check_unchanged, freeze, hold
-from autoprune.search import read_ledger
+from autoprune.search import count_recorded, read_ledger
 from tests.test_search_cli import SMOKE, _trials, _write
 
 HOLDER = ("import sys, time\nfrom autoprune.run_directory import hold\n"
@@ -241,7 +241,7 @@ def test_a_stopped_driver_keeps_its_run_and_finishes_after_sigcont(tmp_path, cap
                               "--quiet", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not (run_dir / "ledger.db").exists() or len(read_ledger(run_dir)) < 2:
+        while count_recorded(run_dir) < 2:  # safe to poll while the search creates its ledger
             assert child.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         os.kill(child.pid, signal.SIGSTOP)
