@@ -82,9 +82,6 @@ class Dim:
     dense: int
     terms: tuple[tuple[int, int], ...] = ()  # (group index, indices removed per unit)
 
-    def size(self, keep: Sequence[int], units: Sequence[int]) -> int:
-        return self.dense - sum(step * (int(units[g]) - int(keep[g])) for g, step in self.terms)
-
 
 @dataclass(frozen=True)
 class PricedLayer:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoprune.budget import Budget
-from autoprune.forward import Inputs, OutputSelector, call, dataset, examples, select_output, take, to_device
+from autoprune.forward import Inputs, OutputSelector, call, clone, dataset, examples, select_output, take, to_device
 from autoprune.forward import batch_size as count
 from autoprune.groups import Plan
 from autoprune.importance import DATA_CRITERIA, Criterion
@@ -46,10 +46,6 @@ RELEASE_BN_IMAGES = 8192
 
 def _raw(output: Any) -> Any:  # an output selector that keeps the output as it is (timing, BN statistics)
     return output
-
-
-def _clone(inputs: Inputs) -> Inputs:
-    return {k: v.clone() for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.clone()
 
 
 def _bn_order(n_train: int, seed: int) -> torch.Tensor:
@@ -121,14 +117,14 @@ class Evaluator:
         self.train_data = train_data
         x_val, y_val = examples(val_data)
         # clones, not views: a view pickles (to Ray workers) with the whole split behind it
-        self.val = dataset(_clone(take(x_val, slice(0, val_size))), y_val[:val_size].clone())
+        self.val = dataset(clone(take(x_val, slice(0, val_size))), y_val[:val_size].clone())
         x_train, y_train = examples(train_data)
         pick = _bn_order(count(x_train), seed)[: bn_batches * batch_size]
         self.bn_inputs = take(x_train, pick)
         self.batch_size, self.finetune_steps, self.seed = batch_size, finetune_steps, seed
         self.reward_fn = get_reward(reward)
         self._baseline: Baseline | None = None
-        example = _clone(take(x_train, slice(0, 1)))
+        example = clone(take(x_train, slice(0, 1)))
         # "energy" reads the activations of all the BN images, "taylor" (or a criterion object) one batch's
         # gradients; without BN recalibration they get the images it would have used by default.
         if not len(pick) and (importance in DATA_CRITERIA or not isinstance(importance, str)):

@@ -8,7 +8,7 @@ knows nothing of Hugging Face's ``Conv1D``. Everything family-specific lives her
   their head structure out explicitly (which rows of q, k, v and which columns of the output
   projection go with each head) and, after surgery, updates the head counts the module stores.
   Adding a spelling is one class here plus its test.
-* **Layer pruners** (:data:`CUSTOM_PRUNERS`): Torch-Pruning pruning functions for layers it lacks,
+* **Layer pruners** (:func:`custom_pruners`): Torch-Pruning pruning functions for layers it lacks,
   registered through its ``customized_pruners`` extension point.
 * **Block layers** (:func:`block_size`): layers whose channels may only go in whole blocks
   (GroupNorm groups, grouped-convolution groups), and the surgery that keeps their structure valid.
@@ -27,7 +27,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["ATTENTION_SPELLINGS", "CUSTOM_PRUNERS", "AttentionSpelling", "HeadLayout", "block_size", "conv1d_sizes",
+__all__ = ["ATTENTION_SPELLINGS", "AttentionSpelling", "HeadLayout", "block_size", "conv1d_sizes",
            "find_attention", "is_conv1d_transposed_linear", "prune_block_layer", "resync_attention"]
 
 
@@ -274,8 +274,6 @@ def custom_pruners(model: nn.Module) -> dict[type, tp.pruner.function.BasePrunin
     """Pruners to register with Torch-Pruning for the layer classes of ``model`` it lacks."""
     return {type(m): Conv1DPruner() for m in model.modules() if is_conv1d_transposed_linear(m)}
 
-
-CUSTOM_PRUNERS = {"Conv1D": Conv1DPruner}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-__all__ = ["Inputs", "NamedInputs", "OutputSelector", "batch_size", "call", "dataset", "examples", "first_example",
-           "select_output", "take", "to_device"]
+__all__ = ["Inputs", "NamedInputs", "OutputSelector", "batch_size", "call", "clone", "dataset", "examples",
+           "first_example", "select_output", "take", "to_device"]
 
 Inputs: TypeAlias = torch.Tensor | Mapping[str, torch.Tensor]
 OutputSelector: TypeAlias = Callable[[Any], torch.Tensor]
@@ -52,6 +52,11 @@ def take(inputs: Inputs, index: slice | torch.Tensor) -> Inputs:
 def first_example(inputs: Inputs) -> Inputs:
     """A batch of one (costs are per example)."""
     return take(inputs, slice(0, 1))
+
+
+def clone(inputs: Inputs) -> Inputs:
+    """A copy that owns its memory (a view pickles, e.g. to Ray workers, with the whole tensor behind it)."""
+    return {k: v.clone() for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.clone()
 
 
 def batch_size(inputs: Inputs) -> int:

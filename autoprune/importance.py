@@ -19,6 +19,7 @@ from torch import nn
 
 from autoprune.discovery import build_graph, scoring_group
 from autoprune.forward import Inputs, OutputSelector, call, select_output, take
+from autoprune.forward import batch_size as count
 from autoprune.groups import GroupSpec
 
 __all__ = ["DATA_CRITERIA", "IMPORTANCE_NAMES", "Criterion", "OutputEnergyImportance", "rank_units"]
@@ -42,8 +43,7 @@ class OutputEnergyImportance(tp.importance.Importance):
         hooks = [m.register_forward_hook(self._record) for m in model.modules() if isinstance(m, _ROOT_TYPES)]
         try:
             with torch.no_grad():
-                n = len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
-                for start in range(0, n, batch_size):
+                for start in range(0, count(inputs), batch_size):
                     call(model, take(inputs, slice(start, start + batch_size)))
         finally:
             for hook in hooks:

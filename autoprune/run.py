@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from autoprune.assembly import build, build_space, ledger_location, load_data, load_model, requested_budget
-from autoprune.config import Config, ConfigError, load_config
+from autoprune.config import Config, ConfigError, load_config, validate_config
 from autoprune.data import Splits
 from autoprune.distributed import WorkersLostError
 from autoprune.finishing import finish
@@ -210,8 +210,7 @@ def resume(run_dir: str | Path, *, show_progress: bool = True, evaluations: int 
             if summary.get("done") and evaluations is not None and evaluations > config.search.evaluations:
                 raise ConfigError(f"{run_dir} is finished with {config.search.evaluations} evaluations; extending "
                                   "a finished run is not supported: start a new run with more evaluations")
-            config = Config.model_validate({**config.model_dump(), "search": {**config.search.model_dump(),
-                                                                               **search}})
+            config = validate_config({**config.model_dump(), "search": {**config.search.model_dump(), **search}})
             config.dump(run_dir / "config.yaml")
             freeze(run_dir, config.model_dump(mode="json"))
         if summary.get("done"):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from autoprune.forward import Inputs, dataset, examples, take
+from autoprune.forward import Inputs, clone, dataset, examples, take
 
 __all__ = ["DATASET_NAMES", "DatasetMissingError", "Splits", "load_dataset"]
 
@@ -59,8 +59,7 @@ class Splits:
 
     def example_inputs(self, batch: int = 1) -> Inputs:
         """The first ``batch`` training inputs: a tensor, or a dict of named tensors for token inputs."""
-        x = take(examples(self.train)[0], slice(0, batch))
-        return {k: v.clone() for k, v in x.items()} if isinstance(x, Mapping) else x.clone()
+        return clone(take(examples(self.train)[0], slice(0, batch)))
 
     def tensor_inputs(self, batch: int = 1) -> torch.Tensor:
         """The first ``batch`` training inputs as one tensor, for latency timing and export.
