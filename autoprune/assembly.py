@@ -15,8 +15,8 @@ from torch import nn
 from autoprune.budget import Budget, InfeasibleBudgetError, check_feasible
 from autoprune.config import Config, ConfigError, import_object
 from autoprune.data import Splits, load_dataset
-from autoprune.distributed import RayEvaluator
 from autoprune.evaluation import Evaluator
+from autoprune.parallel_evaluation import RayEvaluator
 from autoprune.search import LedgerSpec, Searcher, create_searcher
 from autoprune.search_spaces import SearchSpace
 
@@ -51,7 +51,8 @@ def build_space(config: Config, model: nn.Module, splits: Splits) -> SearchSpace
 
 
 def load_model(config: Config, splits: Splits, run_dir: Path, show_progress: bool) -> tuple[nn.Module, dict[str, Any]]:
-    from autoprune.models import REFERENCE_DIR, create_model, load_checkpoint, save_checkpoint
+    from autoprune.models.checkpoints import REFERENCE_DIR, load_checkpoint, save_checkpoint
+    from autoprune.models.zoo import create_model
     from autoprune.training import TrainConfig, accuracy, train
 
     c, size = splits.input_shape[0], splits.input_shape[-1]

@@ -19,7 +19,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from autoprune.data import load_dataset
-    from autoprune.models import MODEL_NAMES, create_model, save_checkpoint
+    from autoprune.models import MODEL_NAMES
+    from autoprune.models.checkpoints import save_checkpoint
+    from autoprune.models.zoo import create_model
     from autoprune.training import TrainConfig, accuracy, train
 
     if args.model not in MODEL_NAMES:  # fail before loading any data
@@ -166,7 +168,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     """Backends x seeds x budgets as one Ray Tune experiment (or --resume one)."""
     if args.resume:
-        from autoprune.tune import resume_experiment
+        from autoprune.experiments import resume_experiment
 
         grid = resume_experiment(args.resume)
     else:
@@ -182,10 +184,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
             if unknown:
                 raise UsageError(f"--budget {sorted(unknown)[0]}: use flops, params, latency or latency_ms")
             budgets.append(budget)
-        from autoprune.tune import experiment_grid, run_experiment
+        from autoprune.experiments import experiment_grid, run_experiment
 
         configs = experiment_grid(base, backends=args.backends or (), seeds=args.seeds or (), budgets=budgets)
-        grid = run_experiment(configs, name=args.name, storage=args.storage)
+        grid = run_experiment(configs, name=args.name, results_dir=args.results_dir)
     results = [grid[i] for i in range(len(grid))]
     for r in results:
         m = r.metrics or {}
@@ -281,12 +283,13 @@ def _parser() -> argparse.ArgumentParser:
                               "  autoprune experiment --resume runs/experiments/compare",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     x.add_argument("config", nargs="?", help="YAML experiment file: the base every search starts from")
-    x.add_argument("--name", help="experiment name (its folder under --storage)")
+    x.add_argument("--name", help="experiment name (its folder under --results-dir)")
     x.add_argument("--backends", nargs="+", help="one search per backend (default: the config's)")
     x.add_argument("--seeds", nargs="+", type=int, help="one search per seed (default: the config's)")
     x.add_argument("--budget", action="append", metavar="KEY=VALUE[,KEY=VALUE]", help="one search per --budget")
     x.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the base config")
-    x.add_argument("--storage", default="runs/experiments", help="where experiments are written")
+    x.add_argument("--results-dir", default="runs/experiments",
+                   help="where experiments are written (one folder per --name; Ray's log in its log.txt)")
     x.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue an interrupted experiment")
     x.set_defaults(func=_cmd_experiment)
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from autoprune.groups import Plan
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.objects import load_object
 from autoprune.surgery import apply_plan
 

@@ -1,11 +1,14 @@
-"""Progress reporting for long work: a rich bar on a terminal, plain log lines elsewhere (CI, files)."""
+"""What reaches the terminal during long work: a rich progress bar on a terminal, plain log lines elsewhere
+(CI, files), and other libraries' chatter (:func:`stderr_into`) kept out of it."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import BinaryIO
 
 from rich.console import Console
 from rich.progress import (
@@ -19,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Column
 
-__all__ = ["ProgressTask", "bar_columns", "track_progress"]
+__all__ = ["ProgressTask", "bar_columns", "stderr_into", "track_progress"]
 
 
 class ProgressTask:
@@ -73,3 +76,18 @@ def track_progress(description: str, total: int, *, enabled: bool = True,
     else:
         yield ProgressTask(description, total, None, console, log_every_s)
 
+
+
+@contextmanager
+def stderr_into(sink: BinaryIO) -> Iterator[None]:
+    """Send everything written to the process's stderr during the block into ``sink``: file descriptor 2
+    itself, because Ray's C++ core and its worker-launch notices write there, below Python's ``sys.stderr``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)

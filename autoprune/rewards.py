@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from autoprune.objects import load_object
-from autoprune.result import Result
+
+if TYPE_CHECKING:  # for annotations only: configs check reward names without loading torch
+    from autoprune.result import Result
 
 __all__ = ["REWARDS", "Baseline", "Reward", "acc_flops", "acc_latency", "acc_params", "accuracy", "get_reward",
            "register_reward"]

@@ -21,8 +21,8 @@ from torch import nn
 from autoprune.assembly import build, build_space, ledger_location, load_data, load_model, requested_budget
 from autoprune.config import Config, ConfigError, load_config, validate_config
 from autoprune.data import Splits
-from autoprune.distributed import WorkersLostError
 from autoprune.finishing import finish
+from autoprune.parallel_evaluation import WorkersLostError
 from autoprune.result import Result
 from autoprune.run_directory import (
     CHECKPOINT,

@@ -41,8 +41,9 @@ from autoprune.budget import Budget
 from autoprune.costs import count_costs
 from autoprune.evaluation import Evaluator
 from autoprune.forward import Inputs, call, dataset, select_output
-from autoprune.models import MODEL_NAMES, create_model, default_ignored_layers
+from autoprune.models import MODEL_NAMES
 from autoprune.models.gallery import ENTRIES, build
+from autoprune.models.zoo import create_model, default_ignored_layers
 from autoprune.pruning import Pruner
 from autoprune.search import create_searcher
 from autoprune.search_spaces import SearchSpace

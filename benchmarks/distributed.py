@@ -35,8 +35,8 @@ import yaml
 from reference import reference_setup  # benchmarks/reference.py: run as python benchmarks/<name>.py
 
 from autoprune.budget import Budget
-from autoprune.distributed import RayEvaluator
 from autoprune.evaluation import Evaluator
+from autoprune.parallel_evaluation import RayEvaluator
 from autoprune.search import count_recorded, create_searcher, read_ledger
 
 

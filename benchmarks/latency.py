@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from autoprune.latency import CALIBRATION_POLICIES, LatencyTable
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.search_spaces import SearchSpace
 
 MODELS = ("resnet20", "resnet56", "mobilenetv2")

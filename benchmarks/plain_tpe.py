@@ -35,7 +35,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.data import load_dataset
-from autoprune.models import load_checkpoint, reference_checkpoint
+from autoprune.models.checkpoints import load_checkpoint, reference_checkpoint
 
 OUT = Path(__file__).parent / "results"
 

@@ -27,7 +27,8 @@ import torch
 from autoprune.budget import Budget, uniform_policy
 from autoprune.data import load_dataset
 from autoprune.evaluation import Evaluator
-from autoprune.models import create_model, load_checkpoint, reference_checkpoint
+from autoprune.models.checkpoints import load_checkpoint, reference_checkpoint
+from autoprune.models.zoo import create_model
 from autoprune.search_spaces import SearchSpace
 
 MODELS = ("resnet20", "resnet56", "vgg16", "mobilenetv2")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from autoprune.data import Splits, load_dataset
-from autoprune.models import load_checkpoint, reference_checkpoint
+from autoprune.models.checkpoints import load_checkpoint, reference_checkpoint
 from autoprune.search_spaces import SearchSpace
 
 

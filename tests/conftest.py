@@ -19,7 +19,7 @@ def digits():
 @pytest.fixture(scope="session")
 def trained_resnet(digits):
     """A ResNet-20 trained for a few epochs on digits (a real, non-random network to prune)."""
-    from autoprune.models import create_model
+    from autoprune.models.zoo import create_model
     from autoprune.training import TrainConfig, train
 
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ import torch
 
 from autoprune.budget import Budget, InfeasibleBudgetError, uniform_policy
 from autoprune.costs import Costs
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.search_spaces import Policy, SearchSpace
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from autoprune import cli
 from autoprune.data import datasets as ds
-from autoprune.models import REFERENCE_DIR
+from autoprune.models.checkpoints import REFERENCE_DIR
 
 
 def test_help_works_for_every_command():
@@ -37,7 +37,7 @@ def test_missing_dataset_is_one_line_exit_2(capsys, tmp_path, monkeypatch):
 
 
 def test_train_writes_a_loadable_checkpoint(tmp_path):
-    from autoprune.models import load_checkpoint
+    from autoprune.models.checkpoints import load_checkpoint
 
     out = tmp_path / "digits.pt"
     assert cli.main(["train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--val-size", "200",
@@ -93,3 +93,17 @@ def test_the_progress_bar_fits_80_columns_with_elapsed_time_and_eta():
     lines = [line for line in text.replace("\r", "\n").splitlines() if "search" in line]
     assert lines and all(len(line) <= 80 for line in lines)
     assert "123/300" in lines[-1] and "eta" in lines[-1] and "0:00:00" in lines[-1]
+
+
+@pytest.mark.parametrize("bad", ["model: {name: resnet2000}", "reward: nope", "search: {backend: foo}",
+                                 "budget: {flops: -1}"])
+def test_config_errors_are_found_before_torch_is_imported(tmp_path, bad):
+    # heavy imports come after parsing, so an input error prints at once (not after ~2 s of torch)
+    path = tmp_path / "c.yaml"
+    path.write_text(bad + "\n")
+    code = ("import sys\nfrom autoprune.cli import main\n"
+            "code = main(['search', sys.argv[1], '--run-dir', sys.argv[2]])\n"
+            "print('torch' in sys.modules)\nsys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "run")], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout.strip() == "False", out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -4,7 +4,7 @@ import torch
 
 from autoprune.budget import Budget, project, uniform_policy
 from autoprune.latency import LatencyTable, make_runner, measure, measure_latency
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.search_spaces import SearchSpace
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from autoprune.models import MODEL_NAMES, create_model, default_ignored_layers
+from autoprune.models import MODEL_NAMES
+from autoprune.models.zoo import create_model, default_ignored_layers
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -10,6 +11,12 @@ def test_every_model_runs_on_both_input_shapes(name, shape):
     model = create_model(name, in_channels=shape[0], num_classes=7, image_size=shape[-1]).eval()
     with torch.no_grad():
         assert model(torch.randn(2, *shape)).shape == (2, 7)
+
+
+def test_every_listed_name_has_a_factory_and_no_factory_is_unlisted():
+    from autoprune.models import zoo
+
+    assert tuple(zoo._FACTORIES) == MODEL_NAMES
 
 
 def test_unknown_model_names_the_choices():

@@ -7,7 +7,8 @@ from autoprune.costs import count_costs
 from autoprune.groups import UnsupportedModelError
 from autoprune.importance import IMPORTANCE_NAMES
 from autoprune.model_io import export_onnx, load_pruned, save_pruned
-from autoprune.models import MODEL_NAMES, create_model
+from autoprune.models import MODEL_NAMES
+from autoprune.models.zoo import create_model
 from autoprune.pruning import Pruner
 from autoprune.search_spaces import SearchSpace
 

@@ -11,7 +11,7 @@ import torch
 from autoprune.budget import Budget
 from autoprune.costs import count_costs
 from autoprune.evaluation import Evaluator
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.result import Result
 from autoprune.scoring import PolicyEvaluator
 from autoprune.search_spaces import PolicyError, SearchSpace
@@ -31,7 +31,7 @@ def _adaptive_bn():
 
 def _on_ray():
     pytest.importorskip("ray")
-    from autoprune.distributed import RayEvaluator
+    from autoprune.parallel_evaluation import RayEvaluator
 
     local, _ = _adaptive_bn()
     ray_ev = RayEvaluator(local, workers=2)

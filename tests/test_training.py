@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.training import onednn_safe
 
 # A ResNet-20 pruned to channel counts that made oneDNN's convolution backward corrupt the heap on
@@ -13,7 +13,7 @@ from autoprune.training import onednn_safe
 # that a crash fails one test.
 CRASHING_POLICY = """
 import torch
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.pruning import Pruner
 from autoprune.search_spaces import SearchSpace
 from autoprune.training import TrainConfig, train

@@ -1,7 +1,7 @@
-"""The reference model zoo and its trained checkpoints."""
+"""The reference model zoo (:mod:`autoprune.models.zoo`) and its trained checkpoints
+(:mod:`autoprune.models.checkpoints`). The package itself imports nothing heavy: configs check model
+names against :data:`MODEL_NAMES` without loading torch."""
 
-from autoprune.models.checkpoints import REFERENCE_DIR, load_checkpoint, reference_checkpoint, save_checkpoint
-from autoprune.models.zoo import MODEL_NAMES, create_model, default_ignored_layers
+from autoprune.models.names import MODEL_NAMES
 
-__all__ = ["MODEL_NAMES", "REFERENCE_DIR", "create_model", "default_ignored_layers", "load_checkpoint",
-           "reference_checkpoint", "save_checkpoint"]
+__all__ = ["MODEL_NAMES"]

@@ -18,7 +18,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["MODEL_NAMES", "create_model", "default_ignored_layers"]
+from autoprune.models.names import MODEL_NAMES
+
+__all__ = ["create_model", "default_ignored_layers"]
 
 
 class BasicBlock(nn.Module):
@@ -257,7 +259,6 @@ _FACTORIES: dict[str, Callable[[int, int, int], nn.Module]] = {
     "mlp": lambda c, k, s: MLP(c, k, s),
     "vit": lambda c, k, s: ViT(c, k, s),
 }
-MODEL_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
 def create_model(name: str, *, in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Module:

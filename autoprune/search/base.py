@@ -149,7 +149,7 @@ class Searcher(ABC):
     def evaluate_many(self, policies: Sequence[Policy], *, trials: Sequence[Any] | None = None,
                       repair: bool = True) -> list[Result]:
         """:meth:`evaluate` for a batch: the new policies are scored together (in parallel when the
-        evaluator is a :class:`~autoprune.distributed.RayEvaluator`) and recorded in batch order,
+        evaluator is a :class:`~autoprune.parallel_evaluation.RayEvaluator`) and recorded in batch order,
         so a seeded search records the same ledger whatever the number of workers."""
         trials = list(trials) if trials is not None else [None] * len(policies)
         if repair:

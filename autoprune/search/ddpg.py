@@ -16,7 +16,7 @@ One step = ``parallel_episodes`` episodes (default 1) collected with the current
 steps is exactly one episode per env (SB3's ``StopTrainingOnMaxEpisodes`` would drop the rewarded
 last transition, and SB3 allows episodic ``train_freq`` only with one env). The episodes run in
 lockstep (:class:`LockstepPruneEnvs`) and their final policies are scored in one batch, on N Ray
-workers when the evaluator is a :class:`~autoprune.distributed.RayEvaluator`. The agent then trains
+workers when the evaluator is a :class:`~autoprune.parallel_evaluation.RayEvaluator`. The agent then trains
 ``groups`` gradient steps per episode collected, as AMC does after each episode.
 """
 

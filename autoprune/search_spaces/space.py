@@ -23,7 +23,7 @@ from autoprune.costs import CostModel, Costs, count_costs
 from autoprune.discovery import DISCOVERY_TIMEOUT, discover_groups
 from autoprune.forward import Inputs, call, first_example
 from autoprune.groups import GroupMember, GroupSpec, UnsupportedModelError
-from autoprune.models import default_ignored_layers
+from autoprune.models.zoo import default_ignored_layers
 from autoprune.search_spaces.policy import Policy, PolicyError
 from autoprune.surgery import prune_shape_only
 

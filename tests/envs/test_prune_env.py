@@ -10,7 +10,7 @@ from autoprune.budget import Budget, InfeasibleBudgetError
 from autoprune.costs import count_costs
 from autoprune.envs import OBSERVATION_FEATURES, PruneEnv
 from autoprune.evaluation import Evaluator
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.search_spaces import Policy, SearchSpace
 from tests.conftest import random_data, random_episodes
 

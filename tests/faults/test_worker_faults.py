@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autoprune.evaluation import Evaluator
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.search_spaces import SearchSpace
 from tests.conftest import random_data
 
@@ -26,10 +26,10 @@ class _SlowEvaluator(Evaluator):
 @pytest.fixture(params=[3, 0], ids=["restarts", "no-restarts"])
 def ray_evaluator(request, monkeypatch):
     pytest.importorskip("ray")
-    import autoprune.distributed
-    from autoprune.distributed import RayEvaluator
+    import autoprune.parallel_evaluation
+    from autoprune.parallel_evaluation import RayEvaluator
 
-    monkeypatch.setattr(autoprune.distributed, "WORKER_RESTARTS", request.param)
+    monkeypatch.setattr(autoprune.parallel_evaluation, "WORKER_RESTARTS", request.param)
     torch.manual_seed(0)
     model = create_model("resnet20", in_channels=1, image_size=8).eval()
     data = random_data(64, (1, 8, 8))
@@ -42,7 +42,7 @@ def ray_evaluator(request, monkeypatch):
 
 
 def test_a_killed_worker_is_replaced_and_its_evaluation_rerun(ray_evaluator):
-    from autoprune.distributed import WorkersLostError
+    from autoprune.parallel_evaluation import WorkersLostError
 
     ray_ev, space, restarts = ray_evaluator
     policies = [space.sample(np.random.default_rng(i)) for i in range(8)]
@@ -68,8 +68,8 @@ def test_ray_start_up_notices_go_to_the_log_not_the_terminal():
 
     code = ("import logging, sys, torch\n"
             "logging.basicConfig(stream=sys.stdout, level=logging.INFO, format='%(name)s %(message)s')\n"
-            "from autoprune.distributed import RayEvaluator\nfrom autoprune.evaluation import Evaluator\n"
-            "from autoprune.models import create_model\nfrom autoprune.search_spaces import SearchSpace\n"
+            "from autoprune.parallel_evaluation import RayEvaluator\nfrom autoprune.evaluation import Evaluator\n"
+            "from autoprune.models.zoo import create_model\nfrom autoprune.search_spaces import SearchSpace\n"
             "from tests.conftest import random_data\n"
             "model = create_model('mlp', in_channels=1, image_size=8).eval()\ndata = random_data(32, (1, 8, 8))\n"
             "space = SearchSpace.from_model(model, data.tensors[0][:1])\n"
@@ -78,4 +78,4 @@ def test_ray_start_up_notices_go_to_the_log_not_the_terminal():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-1000:]
     assert "max_restarts" not in done.stderr and "Token authentication" not in done.stderr, done.stderr[-1000:]
-    assert "autoprune.distributed ray: " in done.stdout  # logged, so a run's log.txt has it
+    assert "autoprune.parallel_evaluation ray: " in done.stdout  # logged, so a run's log.txt has it

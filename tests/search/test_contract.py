@@ -9,7 +9,7 @@ import torch
 
 from autoprune.budget import Budget
 from autoprune.evaluation import Evaluator
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.search import SEARCHERS, Ledger, create_searcher
 from autoprune.search_spaces import SearchSpace
 from autoprune.training import TrainConfig, train

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.models import create_model
+from autoprune.models.zoo import create_model
 from autoprune.search_spaces import Policy, PolicyError, SearchSpace
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from autoprune.progress import stderr_into
 from autoprune.result import Result
 from autoprune.scoring import PolicyEvaluator
 
@@ -42,18 +42,12 @@ class WorkersLostError(RuntimeError):
 
 @contextmanager
 def _stderr_to_log() -> Iterator[None]:
-    """Send what is written to the process's stderr (file descriptor 2, which Ray's C++ core writes to)
-    during the block to this module's log instead of the terminal."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    """Send what Ray writes to the process's stderr during the block to this module's log, not the terminal."""
     with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
         try:
-            yield
+            with stderr_into(sink):
+                yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
             sink.seek(0)
             for line in sink.read().decode(errors="replace").splitlines():
                 if line.strip():

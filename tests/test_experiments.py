@@ -15,8 +15,8 @@ EVALUATIONS = 6
 DRIVER = """
 import sys
 from autoprune.config import Config
-from autoprune.tune import experiment_grid, resume_experiment, run_experiment
-storage, mode, EVALUATIONS = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from autoprune.experiments import experiment_grid, resume_experiment, run_experiment
+results_dir, mode, EVALUATIONS = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if mode == "run":
     base = Config.model_validate({
         "model": {"name": "resnet20", "train_epochs": 0.3}, "data": {"name": "digits", "val_size": 200},
@@ -24,9 +24,9 @@ if mode == "run":
         "evaluation": {"val_size": 200, "bn_batches": 1}})
     small = {"evolution": {"population": 4, "top_k": 2, "n_mutation": 1, "n_crossover": 1}}
     grid = run_experiment(experiment_grid(base, backends=["random", "evolution"], seeds=[0], options=small),
-                          name="exp", storage=storage, max_concurrent=2)
+                          name="exp", results_dir=results_dir, max_concurrent=2)
 else:
-    grid = resume_experiment(f"{storage}/exp")
+    grid = resume_experiment(f"{results_dir}/exp")
 print("errors:", [str(r.error) for r in grid if r.error])
 """
 
@@ -47,6 +47,8 @@ def test_experiment_killed_mid_way_is_restored_and_every_search_completes(tmp_pa
     driver.wait()
     done = subprocess.run([*run, "resume", str(EVALUATIONS)], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0 and "errors: []" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "WARNING" not in done.stderr and "ray" not in done.stderr.lower(), done.stderr[-2000:]  # all in log.txt
+    assert (tmp_path / "exp" / "log.txt").stat().st_size > 0
     for run_dir in sorted(runs.iterdir()):
         results = read_ledger(run_dir)
         assert len(results) == EVALUATIONS, run_dir.name

@@ -24,6 +24,7 @@ from ray import tune
 from autoprune import run
 from autoprune.config import Config, validate_config
 from autoprune.finishing import finish
+from autoprune.progress import stderr_into
 
 __all__ = ["SearchTrainable", "experiment_grid", "resume_experiment", "run_experiment"]
 
@@ -89,10 +90,13 @@ def _trial_name(trial: Any) -> str:  # short folder names: Tune's defaults overf
     return f"{c['search']['backend']}-s{c['seed']}-{budget}-{trial.trial_id}"
 
 
-def run_experiment(configs: Sequence[Mapping[str, Any]], *, name: str, storage: str | Path = "runs/experiments",
+def run_experiment(configs: Sequence[Mapping[str, Any]], *, name: str, results_dir: str | Path = "runs/experiments",
                    cpus_per_trial: float = 1.0, max_concurrent: int = 0) -> tune.ResultGrid:
-    """Run every config as a Tune trial (checkpointed after each step); results under ``storage/name``."""
-    root = Path(storage).resolve()
+    """Run every config as a Tune trial (checkpointed after each step); results under ``results_dir/name``.
+
+    Ray's and Tune's notices and warnings go to ``results_dir/name/log.txt``, not the terminal.
+    """
+    root = Path(results_dir).resolve()
     space = {"autoprune": tune.grid_search([dict(c) for c in configs]), "runs": str(root / name / "runs")}
     tuner = tune.Tuner(
         tune.with_resources(SearchTrainable, {"cpu": cpus_per_trial}), param_space=space,
@@ -100,11 +104,17 @@ def run_experiment(configs: Sequence[Mapping[str, Any]], *, name: str, storage: 
                                     max_concurrent_trials=max_concurrent or None),
         run_config=tune.RunConfig(name=name, storage_path=str(root), stop={"done": True}, verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2)))
-    return tuner.fit()
+    return _fit(tuner, root / name)
 
 
 def resume_experiment(path: str | Path) -> tune.ResultGrid:
-    """Continue an interrupted experiment (``storage/name``) where each trial left off."""
+    """Continue an interrupted experiment (``results_dir/name``) where each trial left off."""
     tuner = tune.Tuner.restore(str(Path(path).resolve()), trainable=tune.with_resources(SearchTrainable, {"cpu": 1}),
                                resume_unfinished=True, resume_errored=True)
-    return tuner.fit()
+    return _fit(tuner, Path(path).resolve())
+
+
+def _fit(tuner: tune.Tuner, folder: Path) -> tune.ResultGrid:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "log.txt").open("ab") as log, stderr_into(log):
+        return tuner.fit()
