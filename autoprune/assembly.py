@@ -6,6 +6,7 @@ trained first (``dense.pt``) when the configuration asks for one.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ from autoprune.config import Config, ConfigError, import_object
 from autoprune.data import Splits, load_dataset
 from autoprune.evaluation import Evaluator
 from autoprune.parallel_evaluation import RayEvaluator
+from autoprune.pruningnet import PruningNet
+from autoprune.run_directory import PRUNINGNET
 from autoprune.search import LedgerSpec, Searcher, create_searcher
 from autoprune.search_spaces import SearchSpace
 
-__all__ = ["build", "build_space", "ledger_location", "load_data", "load_model", "requested_budget"]
+__all__ = ["build", "build_space", "ledger_location", "load_data", "load_model", "requested_budget",
+           "trained_pruningnet"]
 
 
 def load_data(config: Config) -> Splits:
@@ -100,10 +104,17 @@ def build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher,
     ev = config.evaluation
     if ev.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"evaluation.device: {ev.device} asked for, but torch sees no CUDA device; use cpu")
-    evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
-                          importance=config.pruner.importance, val_size=ev.val_size, bn_batches=ev.bn_batches,
-                          batch_size=ev.batch_size, finetune_steps=ev.finetune_steps, path=ev.path,
-                          reward=config.reward, seed=config.seed, device=ev.device)
+    settings: dict[str, Any] = dict(
+        train_data=splits.train, val_data=splits.val, budget=budget, importance=config.pruner.importance,
+        val_size=ev.val_size, bn_batches=ev.bn_batches, batch_size=ev.batch_size, finetune_steps=ev.finetune_steps,
+        path=ev.path, reward=config.reward, seed=config.seed, device=ev.device)
+    if ev.kind == "pruningnet":
+        from autoprune.pruningnet_evaluator import PruningNetEvaluator
+
+        net = trained_pruningnet(config, model, space, splits, run_dir, show_progress)
+        evaluator: Evaluator = PruningNetEvaluator(net, model, space, **settings)
+    else:
+        evaluator = Evaluator(model, space, **settings)
     options = dict(config.search.options)
     if config.search.workers > 1 or config.search.address:
         evaluator = RayEvaluator(evaluator, workers=config.search.workers, address=config.search.address)  # type: ignore[assignment]
@@ -115,6 +126,20 @@ def build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher,
     searcher = create_searcher(config.search.backend, evaluator=evaluator, seed=config.seed,
                                ledger=ledger_location(config, run_dir), **options)
     return searcher, splits, spec
+
+
+def trained_pruningnet(config: Config, model: nn.Module, space: SearchSpace, splits: Splits, run_dir: Path,
+                       show_progress: bool) -> PruningNet:
+    """The run's PruningNet, trained into ``RUN_DIR/pruningnet.pt`` first (continued if a checkpoint is there)."""
+    from autoprune.pruningnet import PruningNet, train_pruningnet
+
+    c = config.pruningnet
+    torch.manual_seed(config.seed)
+    net = PruningNet(model, space, hidden=c.hidden)
+    steps = max(1, math.ceil(c.epochs * len(splits.train) / c.batch_size))
+    train_pruningnet(net, splits.train, steps=steps, batch_size=c.batch_size, lr=c.lr, seed=config.seed,
+                     checkpoint=run_dir / PRUNINGNET, show_progress=show_progress)
+    return net
 
 
 def ledger_location(config: Config, run_dir: Path) -> Path | LedgerSpec:

@@ -197,6 +197,25 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+def _cmd_pruningnet(args: argparse.Namespace) -> int:
+    """Train a PruningNet into a run directory; ``autoprune search CONFIG --run-dir`` there then uses it."""
+    from autoprune.config import load_config
+
+    overrides = _pairs(args.set, "--set")
+    if args.epochs is not None:
+        overrides["pruningnet.epochs"] = str(args.epochs)
+    overrides["evaluation.kind"] = "pruningnet"
+    config = load_config(args.config, overrides)
+    run_dir = args.run_dir or f"runs/pruningnet-{time.strftime('%Y%m%d-%H%M%S')}"
+    from autoprune import run
+
+    path = run.pretrain_pruningnet(config, run_dir, show_progress=not args.quiet)
+    print(f"PruningNet trained: {path}; search with it: autoprune search {args.config} --run-dir {path.parent} "
+          "--set evaluation.kind=pruningnet" + "".join(f" --set {item}" for item in args.set or ()) +
+          (f" --set pruningnet.epochs={args.epochs:g}" if args.epochs is not None else ""))
+    return 0
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from autoprune import run
 
@@ -265,6 +284,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--no-report", action="store_true", help="skip report.html (it measures latency: seconds)")
     s.set_defaults(func=_cmd_search)
+
+    pn = sub.add_parser("pruningnet", help="MetaPruning's PruningNet: train one into a run directory",
+                        epilog="example:\n  autoprune pruningnet train configs/resnet20_fashion_mnist.yaml --epochs 2 "
+                               "--run-dir runs/meta\n  autoprune search configs/resnet20_fashion_mnist.yaml "
+                               "--run-dir runs/meta --set evaluation.kind=pruningnet --set pruningnet.epochs=2",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pn_sub = pn.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pt = pn_sub.add_parser("train", help="train (or continue training) RUN_DIR/pruningnet.pt")
+    pt.add_argument("config", help="YAML experiment file: model, data, pruner bounds, pruningnet section")
+    pt.add_argument("--epochs", type=float, help="passes over TRAIN (pruningnet.epochs)")
+    pt.add_argument("--run-dir", help="where pruningnet.pt is written (default runs/pruningnet-TIMESTAMP)")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+    pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    pt.set_defaults(func=_cmd_pruningnet)
 
     r = sub.add_parser("resume", help="continue a search from its run directory",
                        epilog="example:\n  autoprune resume runs/tpe-20261123-101500",
@@ -337,6 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"recorded so far are kept: make room (or make it writable), then 'autoprune resume {where}'",
                   file=sys.stderr)
             return 1
+        where = getattr(args, "run_dir", None) or "RUN_DIR"
+        if _database_unreachable(e):
+            print(f"autoprune: the ledger database could not be reached ({_database_unreachable(e)}); the evaluations "
+                  f"recorded so far are kept in it: when it is back, 'autoprune resume {where}'", file=sys.stderr)
+            return 1
         log = _write_traceback(getattr(args, "run_dir", None))
         print(f"autoprune: run failed: {type(e).__name__}: {e}; details in {log}", file=sys.stderr)
         return 1
@@ -344,6 +382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 _STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
                    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+
+
+def _database_unreachable(error: BaseException | None) -> str:
+    """The first line of the database driver's error if ``error`` is a lost connection to the ledger's server."""
+    while error is not None:
+        if type(error).__name__ in ("OperationalError", "InterfaceError", "StorageInternalError"):
+            first = str(getattr(error, "orig", None) or error).strip().splitlines()
+            return first[0] if first else type(error).__name__
+        error = error.__cause__ or error.__context__
+    return ""
 
 
 def _write_traceback(run_dir: str | None) -> str:

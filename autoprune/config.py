@@ -88,12 +88,23 @@ class SearchConfig(_Section):
 
 
 class EvaluationConfig(_Section):
+    # how a candidate gets its weights: the trained model pruned (adaptive BN), or MetaPruning's PruningNet
+    kind: Literal["adaptive_bn", "pruningnet"] = "adaptive_bn"
     val_size: int = Field(default=2000, ge=1)
     bn_batches: int = Field(default=8, ge=0)
     batch_size: int = Field(default=64, ge=1)
     finetune_steps: int = Field(default=0, ge=0)
     path: Literal["auto", "exact", "mask"] = "auto"
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+class PruningNetConfig(_Section):
+    """Training of the PruningNet (``evaluation.kind: pruningnet``), before the search, in the run directory."""
+
+    epochs: float = Field(default=1.0, gt=0)  # passes over TRAIN, one random pruned network per batch
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    hidden: int = Field(default=32, ge=1)  # width of each layer's weight generator
 
 
 class Config(_Section):
@@ -107,6 +118,7 @@ class Config(_Section):
     reward: str = "accuracy"
     search: SearchConfig = Field(default_factory=SearchConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    pruningnet: PruningNetConfig = Field(default_factory=PruningNetConfig)
     seed: int = 0
     threads: int = Field(default=1, ge=1)
 

@@ -154,16 +154,21 @@ class Evaluator:
         if self.train_data is None:
             raise RuntimeError("release() needs the TRAIN split; call it on the driver's evaluator, not a worker's")
         model = self.pruner.prune(policy)
-        x_train = examples(self.train_data)[0]
-        order = _bn_order(count(x_train), self.seed)
         if reconstruct:
             from autoprune.reconstruction import RECONSTRUCT_IMAGES
             from autoprune.reconstruction import reconstruct as refit
 
-            refit(self.model, model, self.pruner.plan(policy), take(x_train, order[:RECONSTRUCT_IMAGES]),
+            refit(self.model, model, self.pruner.plan(policy), self.release_images(RECONSTRUCT_IMAGES),
                   batch_size=self.batch_size, seed=self.seed)
-        recalibrate_batchnorm(model, take(x_train, order[:bn_images]), self.batch_size)
+        recalibrate_batchnorm(model, self.release_images(bn_images), self.batch_size)
         return model
+
+    def release_images(self, n: int) -> Inputs:
+        """The first ``n`` TRAIN images of the seeded order (refit and BN statistics of released models)."""
+        if self.train_data is None:
+            raise RuntimeError("release() needs the TRAIN split; call it on the driver's evaluator, not a worker's")
+        x_train = examples(self.train_data)[0]
+        return take(x_train, _bn_order(count(x_train), self.seed)[:n])
 
     # ----------------------------------------------------------------------------------------
     def __call__(self, policy: Mapping[str, float]) -> Result:

@@ -98,8 +98,9 @@ class RayEvaluator:
             self._local = evaluator
             # held for the actors' lifetime: a restarted actor is rebuilt from this object
             self._shared = ray.put(evaluator)
+            # spread over the cluster's nodes (memory bandwidth; one lost node takes fewer workers with it)
             actor = ray.remote(num_cpus=threads_per_worker, max_restarts=WORKER_RESTARTS,
-                               max_task_retries=WORKER_RESTARTS)(_EvaluatorActor)
+                               max_task_retries=WORKER_RESTARTS, scheduling_strategy="SPREAD")(_EvaluatorActor)
             self._actors = [actor.remote(self._shared, threads_per_worker)  # type: ignore[attr-defined]
                             for _ in range(workers)]
             self._pool = ActorPool(self._actors)

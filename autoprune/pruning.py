@@ -34,7 +34,7 @@ from autoprune.importance import Criterion, rank_units
 from autoprune.search_spaces import SearchSpace
 from autoprune.surgery import apply_plan, plan_for_keep
 
-__all__ = ["Plan", "Pruner", "UnsupportedModelError"]
+__all__ = ["Plan", "Pruner", "UnsupportedModelError", "dimension_slices"]
 
 
 class Pruner:
@@ -143,25 +143,29 @@ class Pruner:
                     t.copy_(value)
 
     def _mask_axes(self, name: str, out: bool) -> list[tuple[torch.Tensor, int]]:
-        """The (parameter, axis) slices that hold dimension ``(name, out)``."""
-        if name in self._parameters:
-            p = self._parameters[name]
-            return [(p, parameter_axis(p.shape))]
-        module = self._modules[name]
-        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-        if isinstance(module, nn.modules.conv._ConvNd):
-            if not out and module.groups > 1:
-                return []  # whole groups go with their outputs, which are zeroed
-            w_axis = (1 if out else 0) if module.transposed else (0 if out else 1)
-        elif is_conv1d_transposed_linear(module):
-            w_axis = 1 if out else 0
-        elif isinstance(module, nn.Embedding):
-            w_axis = 1
-        elif isinstance(module, nn.Linear):
-            w_axis = 0 if out else 1
-        else:  # norms and other per-channel vectors: every direct parameter, along its last axis
-            return [(p, p.dim() - 1) for p in module.parameters(recurse=False)] if out else []
-        slices: list[tuple[torch.Tensor, int]] = [(weight, w_axis)] if weight is not None else []
-        if out and bias is not None:
-            slices.append((bias, 0))
-        return slices
+        return [(self._parameters[p], axis) for p, axis in dimension_slices(self.model, name, out)]
+
+
+def dimension_slices(model: nn.Module, name: str, out: bool) -> list[tuple[str, int]]:
+    """The (parameter name, axis) slices of ``model`` that hold dimension ``(name, out)`` of a plan: zeroing
+    them along the axis at a plan's indices masks what pruning those indices removes."""
+    if name in dict(model.named_parameters()):
+        return [(name, parameter_axis(model.get_parameter(name).shape))]
+    module = model.get_submodule(name)
+    prefix = f"{name}." if name else ""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if not out and module.groups > 1:
+            return []  # whole groups go with their outputs, which are zeroed
+        w_axis = (1 if out else 0) if module.transposed else (0 if out else 1)
+    elif is_conv1d_transposed_linear(module):
+        w_axis = 1 if out else 0
+    elif isinstance(module, nn.Embedding):
+        w_axis = 1
+    elif isinstance(module, nn.Linear):
+        w_axis = 0 if out else 1
+    else:  # norms and other per-channel vectors: every direct parameter, along its last axis
+        return [(prefix + n, p.dim() - 1) for n, p in module.named_parameters(recurse=False)] if out else []
+    slices: list[tuple[str, int]] = [(prefix + "weight", w_axis)] if getattr(module, "weight", None) is not None else []
+    if out and getattr(module, "bias", None) is not None:
+        slices.append((prefix + "bias", 0))
+    return slices

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.assembly import build, build_space, ledger_location, load_data, load_model, requested_budget
+from autoprune.assembly import (
+    build,
+    build_space,
+    ledger_location,
+    load_data,
+    load_model,
+    requested_budget,
+    trained_pruningnet,
+)
 from autoprune.config import Config, ConfigError, load_config, validate_config
 from autoprune.data import Splits
 from autoprune.finishing import finish
@@ -27,6 +37,7 @@ from autoprune.result import Result
 from autoprune.run_directory import (
     CHECKPOINT,
     FROZEN,
+    PRUNINGNET,
     backup_ledger,
     check_ledger,
     check_unchanged,
@@ -36,10 +47,12 @@ from autoprune.run_directory import (
     log_to,
     save_state,
 )
-from autoprune.search import Searcher, count_recorded
+from autoprune.run_lease import lease
+from autoprune.search import LedgerSpec, Searcher, count_recorded
 from autoprune.search_spaces import SearchSpace
 
-__all__ = ["RunContents", "RunOutcome", "open_run", "prepare", "resume", "save_checkpoint", "start"]
+__all__ = ["RunContents", "RunOutcome", "open_run", "prepare", "pretrain_pruningnet", "resume", "save_checkpoint",
+           "start"]
 
 log = logging.getLogger("autoprune.run")
 BACKUP_SECONDS = 30.0  # the ledger is backed up at most this often (SQLite's online backup: milliseconds)
@@ -66,26 +79,46 @@ def _existing_run(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     return run_dir, json.loads(result.read_text()) if result.exists() else {}
 
 
-def prepare(config: Config, run_dir: Path, *, show_progress: bool = False) -> tuple[Searcher, Splits, dict[str, Any]]:
-    """The run's searcher, restored from ``run_dir``'s checkpoint when there is one."""
+def prepare(config: Config, run_dir: Path, *, show_progress: bool = False,
+            guard: Callable[[], None] | None = None) -> tuple[Searcher, Splits, dict[str, Any]]:
+    """The run's searcher, restored from ``run_dir``'s checkpoint when there is one.
+
+    ``guard`` (the check of a held lease on a shared ledger) runs before every ledger write.
+    """
     if not config.search.storage:
         check_ledger(run_dir)  # before any slow set-up: a damaged ledger is a one-line error naming its backup
     searcher, splits, spec = build(config, run_dir, show_progress)
-    if not config.search.storage:  # our own SQLite ledger, and we hold the run: a RUNNING trial is a dead one's
-        stale = searcher.ledger.fail_running()
-        if stale:
-            log.info("closed %d trial(s) left running by a process that died (marked failed)", stale)
+    searcher.ledger.guard = guard
     state = load_state(run_dir)
     if state is not None:
         searcher.load_state_dict(state)
         log.info("resumed %s with %d evaluations in the ledger", config.search.backend, len(searcher.ledger))
+    if not config.search.storage or guard is not None:  # we are its one writer: a RUNNING trial is a dead one's
+        searcher.rerun_interrupted()
     return searcher, splits, spec
 
 
-def _search(config: Config, run_dir: Path, show_progress: bool) -> RunOutcome:
+@contextmanager
+def _leased(config: Config, run_dir: Path, command: str) -> Iterator[Callable[[], None] | None]:
+    """A ledger in a shared database is leased there too (:mod:`autoprune.run_lease`): one writer on any host."""
+    if not config.search.storage:
+        yield None  # the run directory's flock is enough
+        return
+    location = ledger_location(config, run_dir)
+    assert isinstance(location, LedgerSpec)
+    with lease(config.search.storage, location.study_name, command) as held:
+        yield held.check
+
+
+def _search(config: Config, run_dir: Path, show_progress: bool, command: str) -> RunOutcome:
+    with _leased(config, run_dir, command) as guard:
+        return _leased_search(config, run_dir, show_progress, guard)
+
+
+def _leased_search(config: Config, run_dir: Path, show_progress: bool, guard: Callable[[], None] | None) -> RunOutcome:
     log.info("run %s: %s search for %d evaluations under %s, seed %d, %d worker(s)", run_dir, config.search.backend,
              config.search.evaluations, requested_budget(config), config.seed, config.search.workers)
-    searcher, splits, spec = prepare(config, run_dir, show_progress=show_progress)
+    searcher, splits, spec = prepare(config, run_dir, show_progress=show_progress, guard=guard)
     start = time.perf_counter()
     backed_up = [time.monotonic()]
 
@@ -183,12 +216,32 @@ def start(config: Config, run_dir: str | Path, *, show_progress: bool = True) ->
         freeze(run_dir, config.model_dump(mode="json"))
         handler = log_to(run_dir)
         try:
-            return _search(config, run_dir, show_progress)
+            return _search(config, run_dir, show_progress, "autoprune search")
         except ValueError:  # bad input (infeasible budget, unusable model, ...): leave no run to resume
             if not config.search.storage and count_recorded(run_dir) == 0:
                 for name in ("config.yaml", FROZEN, CHECKPOINT, "ledger.db"):
                     (run_dir / name).unlink(missing_ok=True)
             raise
+        finally:
+            logging.getLogger("autoprune").removeHandler(handler)
+
+
+def pretrain_pruningnet(config: Config, run_dir: str | Path, *, show_progress: bool = True) -> Path:
+    """Train the PruningNet of ``config`` into ``run_dir/pruningnet.pt`` (continuing its checkpoint if there is
+    one); a search started in ``run_dir`` with ``evaluation.kind: pruningnet`` uses it."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file; name a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold(run_dir, "autoprune pruningnet train"):
+        handler = log_to(run_dir)
+        try:
+            torch.set_num_threads(config.threads)
+            splits = load_data(config)
+            model, _ = load_model(config, splits, run_dir, show_progress)
+            trained_pruningnet(config, model, build_space(config, model, splits), splits, run_dir, show_progress)
+            log.info("PruningNet trained for %g epoch(s) into %s", config.pruningnet.epochs, run_dir / PRUNINGNET)
+            return run_dir / PRUNINGNET
         finally:
             logging.getLogger("autoprune").removeHandler(handler)
 
@@ -217,6 +270,6 @@ def resume(run_dir: str | Path, *, show_progress: bool = True, evaluations: int 
             return RunOutcome(run_dir, summary, already_finished=True)
         handler = log_to(run_dir)
         try:
-            return _search(config, run_dir, show_progress)
+            return _search(config, run_dir, show_progress, "autoprune resume")
         finally:
             logging.getLogger("autoprune").removeHandler(handler)

@@ -3,8 +3,9 @@ a configuration that cannot drift).
 
 ``RUN_DIR/`` holds ``config.yaml`` (resolved) and ``config.frozen.json`` (as started), ``ledger.db`` (every
 evaluation) and its backup ``ledger.db.bak``, ``searcher.ckpt`` (the backend's state after its last step),
-``.lock``, ``log.txt``, and once finished ``best_policy.json``, ``pruned.pt``, ``result.json``; later
-``finetuned-N.pt`` / ``finetuned.pt``, ``export/``, ``report.html``.
+``.lock``, ``log.txt``, ``pruningnet.pt`` (a PruningNet evaluator's generators, when the run uses one), and
+once finished ``best_policy.json``, ``pruned.pt``, ``result.json``; later ``finetuned-N.pt`` /
+``finetuned.pt``, ``export/``, ``report.html``.
 
 * **Lock** (:func:`hold`): every command that writes into a run (``search``, ``resume``, ``finetune``,
   ``export``, ``report``) holds an exclusive ``flock`` on ``RUN_DIR/.lock`` for as long as it runs. The
@@ -36,9 +37,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["BACKUP", "CHECKPOINT", "FROZEN", "LEDGER", "LOCK", "CheckpointDamagedError", "ConfigChangedError",
-           "LedgerDamagedError", "RunInUseError", "backup_ledger", "check_ledger", "check_unchanged", "freeze", "hold",
-           "holding", "load_state", "log_to", "save_state"]
+__all__ = ["BACKUP", "CHECKPOINT", "FROZEN", "LEDGER", "LOCK", "PRUNINGNET", "CheckpointDamagedError",
+           "ConfigChangedError", "LedgerDamagedError", "RunInUseError", "backup_ledger", "check_ledger",
+           "check_unchanged", "freeze", "hold", "holding", "load_state", "log_to", "save_state"]
 
 T = TypeVar("T")
 
@@ -47,6 +48,7 @@ FROZEN = "config.frozen.json"
 LEDGER = "ledger.db"
 CHECKPOINT = "searcher.ckpt"
 BACKUP = "ledger.db.bak"
+PRUNINGNET = "pruningnet.pt"  # the trained PruningNet of an ``evaluation.kind: pruningnet`` run (and its checkpoint)
 
 
 class RunInUseError(ValueError):

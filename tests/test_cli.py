@@ -11,7 +11,7 @@ from autoprune.models.checkpoints import REFERENCE_DIR
 
 
 def test_help_works_for_every_command():
-    commands = ("train", "demo", "search", "resume", "report", "finetune", "export", "experiment")
+    commands = ("train", "demo", "search", "resume", "report", "finetune", "export", "experiment", "pruningnet")
     for args in (["--help"], *([c, "--help"] for c in commands)):
         out = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True)
         assert out.returncode == 0 and "example" in out.stdout

@@ -38,7 +38,18 @@ def _on_ray():
     return ray_ev, ray_ev.shutdown
 
 
-IMPLEMENTATIONS = {"adaptive_bn": _adaptive_bn, "ray_workers": _on_ray}
+def _pruningnet():
+    from autoprune.pruningnet import PruningNet, train_pruningnet
+    from autoprune.pruningnet_evaluator import PruningNetEvaluator
+
+    local, _ = _adaptive_bn()
+    net = PruningNet(local.model, local.space, hidden=4)
+    train_pruningnet(net, local.train_data, steps=3, batch_size=16, show_progress=False)
+    return PruningNetEvaluator(net, local.model, local.space, train_data=local.train_data, val_data=local.val,
+                               budget=local.budget, val_size=48, bn_batches=1, batch_size=16), lambda: None
+
+
+IMPLEMENTATIONS = {"adaptive_bn": _adaptive_bn, "ray_workers": _on_ray, "pruningnet": _pruningnet}
 
 
 @pytest.fixture(scope="module", params=list(IMPLEMENTATIONS))

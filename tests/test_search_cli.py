@@ -2,7 +2,6 @@
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import yaml
 from autoprune import cli
 from autoprune.data.datasets import FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_ENV
 from autoprune.evaluation import Evaluator
+from autoprune.search import count_recorded
 
 SMOKE = {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
          "budget": {"flops": 0.5}, "search": {"backend": "random", "evaluations": 5},
@@ -24,8 +24,8 @@ def _write(tmp_path, data, name="c.yaml"):
 
 
 def _trials(run_dir):
-    with sqlite3.connect(run_dir / "ledger.db") as db:
-        return db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+    """Distinct evaluations in the run's ledger (a sampler's re-proposal answered from the cache is not one)."""
+    return count_recorded(run_dir)
 
 
 def test_search_writes_a_complete_run_directory(tmp_path):

@@ -74,12 +74,8 @@ class Searcher(ABC):
         directions = list(self.directions)
         if ledger is None:
             return Ledger(self.space, directions=directions)
-        if isinstance(ledger, LedgerSpec):
-            return Ledger(self.space, storage=ledger.storage, study_name=ledger.study_name, directions=directions)
-        if isinstance(ledger, (str, os.PathLike)):
-            if "://" in str(ledger):
-                return Ledger(self.space, storage=str(ledger), directions=directions)
-            return Ledger.in_directory(ledger, self.space, directions=directions)
+        if isinstance(ledger, (LedgerSpec, str, os.PathLike)):
+            return Ledger.open(ledger, self.space, directions=directions)
         have = [d.name.lower() for d in ledger.study.directions]
         if have != directions:
             raise ValueError(f"the ledger's study optimises {have} but backend {self.name!r} needs {directions}; "
@@ -174,6 +170,16 @@ class Searcher(ABC):
             self.ledger.record(result, backend=self.name, seed=self.seed, trial=trial, values=self.objectives(result))
             results.append(result)
         return results
+
+    def rerun_interrupted(self) -> int:
+        """Close the trials a killed process left RUNNING (failed) and evaluate each of their policies once
+        now, so the interrupted evaluation is neither lost nor, when the backend proposes it again, repeated."""
+        stale = self.ledger.fail_running()
+        if stale:
+            self.evaluate_many(stale)
+            log.info("%d evaluation(s) interrupted by a process that died were closed (failed) and run again",
+                     len(stale))
+        return len(stale)
 
     # ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from autoprune.result import Result
 from autoprune.search_spaces import Policy, SearchSpace
 
-__all__ = ["Ledger", "LedgerSpec", "count_recorded", "read_ledger"]
+__all__ = ["Ledger", "LedgerSpec", "count_recorded", "locate", "read_ledger"]
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,16 @@ class Ledger:
                                                             for g in space.groups}
         self._cache: dict[tuple[int, ...], Result] = {}
         self._order: list[Result] = []
+        # called before every write; raises to stop one (a run's lease on a shared ledger, lost to another process)
+        self.guard: Callable[[], None] | None = None
         for result in _recorded(self.study):
             self._remember(result)
 
     @classmethod
-    def in_directory(cls, run_dir: str | os.PathLike[str], space: SearchSpace, **kwargs: Any) -> Ledger:
-        """A SQLite ledger at ``run_dir/ledger.db`` (absolute path, so workers anywhere find it)."""
-        path = Path(run_dir).resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(space, storage=f"sqlite:///{path / 'ledger.db'}", **kwargs)
+    def open(cls, where: str | os.PathLike[str] | LedgerSpec, space: SearchSpace, **kwargs: Any) -> Ledger:
+        """The ledger at ``where`` (see :func:`locate`), created if it does not exist yet."""
+        spec = locate(where, create=True)
+        return cls(space, storage=spec.storage, study_name=spec.study_name, **kwargs)
 
     # ----------------------------------------------------------------------------------------
     def key(self, policy: Policy) -> tuple[int, ...]:
@@ -97,6 +98,8 @@ class Ledger:
             cached: the result came from the cache; recorded for the asking sampler's sake but not
                 counted as a new evaluation.
         """
+        if self.guard is not None:
+            self.guard()
         # Few attributes: on an asked trial each one is a separate storage commit.
         attrs = {"result": json.dumps(result.to_dict()), "backend": backend, "seed": seed, "cached": cached}
         failed = result.failed is not None or result.reward is None
@@ -120,13 +123,16 @@ class Ledger:
         if not cached:
             self._remember(result)
 
-    def fail_running(self) -> int:
-        """Mark failed the trials left RUNNING (asked, never told): call only while no other process
-        writes this ledger, when such a trial can only be one a killed process left behind."""
+    def fail_running(self) -> list[Policy]:
+        """Mark failed the trials left RUNNING (asked, never told) and return their policies, to be run again.
+
+        Call only while no other process writes this study (a held run), when such a trial can only be
+        one a killed process left behind.
+        """
         stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for trial in stale:
             self.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        return len(stale)
+        return [Policy(t.params) for t in stale if set(t.params) == set(self.distributions)]
 
     # ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -149,16 +155,30 @@ def _recorded(study: optuna.Study) -> list[Result]:
             if "result" in t.user_attrs and not t.user_attrs.get("cached")]
 
 
-def read_ledger(where: str | os.PathLike[str] | LedgerSpec, *, study_name: str = "autoprune") -> list[Result]:
-    """Every distinct evaluation recorded in a run directory's ``ledger.db`` or a :class:`LedgerSpec`."""
+def locate(where: str | os.PathLike[str] | LedgerSpec, *, create: bool = False) -> LedgerSpec:
+    """Where a ledger is, as a storage URL and a study: a :class:`LedgerSpec` as it is, a storage URL
+    (``"postgresql://..."``, ``"sqlite:///..."``) with the default study, or a run directory's ``ledger.db``
+    (an absolute path, so workers anywhere find it). The one place that turns "where" into storage.
+
+    Raises:
+        FileNotFoundError: ``where`` is a directory without a ledger and ``create`` is False.
+    """
     if isinstance(where, LedgerSpec):
-        url, study_name = where.storage, where.study_name
-    else:
-        path = Path(where).resolve() / "ledger.db"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: {where} is not a run directory")
-        url = f"sqlite:///{path}"
-    return _recorded(optuna.load_study(study_name=study_name, storage=url))
+        return where
+    if "://" in str(where):
+        return LedgerSpec(str(where))
+    path = Path(where).resolve()
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    elif not (path / "ledger.db").exists():
+        raise FileNotFoundError(f"{path / 'ledger.db'} does not exist: {where} is not a run directory")
+    return LedgerSpec(f"sqlite:///{path / 'ledger.db'}")
+
+
+def read_ledger(where: str | os.PathLike[str] | LedgerSpec) -> list[Result]:
+    """Every distinct evaluation recorded at ``where`` (a run directory, a storage URL or a :class:`LedgerSpec`)."""
+    spec = locate(where)
+    return _recorded(optuna.load_study(study_name=spec.study_name, storage=spec.storage))
 
 
 def count_recorded(run_dir: str | os.PathLike[str]) -> int:
@@ -191,8 +211,10 @@ def _open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     with NORMAL sync survives a killed process (what resume needs); only an OS crash could lose the
     last commits. WAL also lets several worker processes read while one writes.
     """
-    if url is None or not url.startswith("sqlite"):
-        return url  # type: ignore[return-value]
+    if url is None:
+        return None
+    if not url.startswith("sqlite"):  # a server: a connection it dropped (restart, failover) is replaced, not used
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     from sqlalchemy import event
 
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})

@@ -182,23 +182,32 @@ def test_a_damaged_ledger_names_its_backup_and_the_run_continues_from_it(tmp_pat
     command = err[err.index("cp "):]
     subprocess.run(command.replace("&& autoprune resume", "&& true"), shell=True, check=True)
     assert cli.main(["resume", str(run_dir), "--quiet", "--no-report"]) == 0
-    assert _trials(run_dir) == 8  # exactly the requested count, the 4 backed-up evaluations not re-run
+    # exactly the requested count of distinct evaluations, the 4 backed-up ones not re-run
+    assert count_recorded(run_dir) == 8
     summary = json.loads((run_dir / "result.json").read_text())
     assert summary["evaluations"] == 8
 
 
-def test_trials_a_killed_run_left_running_are_closed_on_resume(tmp_path, monkeypatch):
+def test_trials_a_killed_run_left_running_are_closed_and_run_again_once_on_resume(tmp_path, monkeypatch):
     import optuna
+
+    from autoprune.search import read_ledger
 
     run_dir = _interrupted_run(tmp_path, monkeypatch, {**SMOKE, "search": {"backend": "tpe", "evaluations": 6}}, 3)
     storage = f"sqlite:///{run_dir / 'ledger.db'}"
     study = optuna.load_study(study_name="autoprune", storage=storage)
-    study.ask()  # what a SIGKILL between ask and tell leaves behind
-    assert len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) >= 1
+    distributions = study.trials[0].distributions
+    interrupted = {name: d.high for name, d in distributions.items()}  # within budget: evaluated as it is
+    study.enqueue_trial(interrupted)
+    study.ask(distributions)  # another trial as a SIGKILL between ask and tell leaves it
+    assert len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) == 2  # with the interrupted one
     assert cli.main(["resume", str(run_dir), "--quiet", "--no-report"]) == 0
     study = optuna.load_study(study_name="autoprune", storage=storage)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    assert _trials(run_dir) == 6 and "left running by a process that died" in (run_dir / "log.txt").read_text()
+    results = read_ledger(run_dir)
+    assert len(results) == 6 and dict(results[3].policy) == pytest.approx(interrupted)  # run again first
+    assert sum(dict(r.policy) == pytest.approx(interrupted) for r in results) == 1  # and once
+    assert "closed (failed) and run again" in (run_dir / "log.txt").read_text()
 
 
 @pytest.mark.parametrize("code, words", [(28, "the disk is full"), (30, "the file system is read-only")])

@@ -155,7 +155,7 @@ def test_optuna_state_saves_a_sampler_holding_a_thread_lock(evaluator, tmp_path)
 def test_ledger_reopens_with_every_result(evaluator, tmp_path):
     s = _searcher("random", evaluator, ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
     s.run(5, show_progress=False)
-    again = Ledger.in_directory(tmp_path, evaluator.space)
+    again = Ledger.open(tmp_path, evaluator.space)
     assert [r.policy for r in again.results] == [r.policy for r in s.ledger.results]
     assert again.best().reward == s.best.reward
     assert np.isclose(again.best().accuracy, s.best.accuracy)
