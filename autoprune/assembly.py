@@ -113,6 +113,10 @@ def build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher,
 
         net = trained_pruningnet(config, model, space, splits, run_dir, show_progress)
         evaluator: Evaluator = PruningNetEvaluator(net, model, space, **settings)
+    elif ev.kind == "refit":
+        from autoprune.refit_evaluator import RefitEvaluator
+
+        evaluator = RefitEvaluator(model, space, **settings)
     else:
         evaluator = Evaluator(model, space, **settings)
     options = dict(config.search.options)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from autoprune.pruning import Pruner
-from autoprune.reconstruction import reconstruct
+from autoprune.reconstruction import reconstruct, reconstruct_in_one_pass
 from autoprune.search_spaces import SearchSpace
 from autoprune.surgery import apply_plan
 
@@ -17,8 +17,9 @@ def _duplicate_unit(layer: nn.Module, copy_of: int, into: int) -> None:
             layer.bias[into] = layer.bias[copy_of]
 
 
+@pytest.mark.parametrize("one_pass", [False, True])
 @pytest.mark.parametrize("kind", ["conv2d", "conv1d", "linear", "tokens"])
-def test_a_pruned_duplicate_channel_is_recovered_exactly(kind):
+def test_a_pruned_duplicate_channel_is_recovered_exactly(kind, one_pass):
     """Unit 3 of the first layer copies unit 0: pruning it loses nothing the next layer cannot get
     back (its weights on unit 0 absorb those on unit 3), and least squares must find that."""
     torch.manual_seed(0)
@@ -33,7 +34,9 @@ def test_a_pruned_duplicate_channel_is_recovered_exactly(kind):
     plan = {("0", True): [3], ("2", False): [3]}
     pruned = apply_plan(copy.deepcopy(dense), plan)
     assert not torch.allclose(pruned(x), dense(x), atol=1e-3)  # pruning alone loses unit 3's contribution
-    assert reconstruct(dense, pruned, plan, x, batch_size=32, ridge=1e-10) == ["2"]
+    refit = reconstruct_in_one_pass(dense, pruned, plan, x, ridge=1e-10) if one_pass else \
+        reconstruct(dense, pruned, plan, x, batch_size=32, ridge=1e-10)
+    assert refit == ["2"]
     torch.testing.assert_close(pruned(x), dense(x), atol=1e-4, rtol=1e-4)
 
 
@@ -50,6 +53,10 @@ def test_reconstruction_brings_a_pruned_resnet_closer_to_the_dense_one(trained_r
         after = nn.functional.mse_loss(refitted_model(x_val), target)
     assert "fc" in refitted and len(refitted) > 10  # every block's convs and the classifier
     assert after < 0.5 * before
+    in_one_pass = pruner.prune(policy)  # the same layers, each fed by the ones refitted before it
+    assert reconstruct_in_one_pass(trained_resnet, in_one_pass, pruner.plan(policy), x_train) == refitted
+    with torch.no_grad():
+        assert nn.functional.mse_loss(in_one_pass(x_val), target) < 1.2 * after
 
 
 def test_nothing_pruned_nothing_refitted(trained_resnet, digits):

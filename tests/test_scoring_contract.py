@@ -49,7 +49,15 @@ def _pruningnet():
                                budget=local.budget, val_size=48, bn_batches=1, batch_size=16), lambda: None
 
 
-IMPLEMENTATIONS = {"adaptive_bn": _adaptive_bn, "ray_workers": _on_ray, "pruningnet": _pruningnet}
+def _refit():
+    from autoprune.refit_evaluator import RefitEvaluator
+
+    local, _ = _adaptive_bn()
+    return RefitEvaluator(local.model, local.space, train_data=local.train_data, val_data=local.val,
+                          budget=local.budget, val_size=48, bn_batches=1, batch_size=16, refit_images=32), lambda: None
+
+
+IMPLEMENTATIONS = {"adaptive_bn": _adaptive_bn, "ray_workers": _on_ray, "pruningnet": _pruningnet, "refit": _refit}
 
 
 @pytest.fixture(scope="module", params=list(IMPLEMENTATIONS))
