@@ -240,3 +240,17 @@ def _script_measured_latency(monkeypatch, ratios):
         return real(runners, **options)
 
     monkeypatch.setattr(autoprune.latency, "measure", measure)
+
+
+@pytest.mark.parametrize("kind", ["refit", "pruningnet"])
+def test_a_search_scores_with_the_evaluator_the_config_names(tmp_path, kind):
+    config = {**SMOKE, "evaluation": {**SMOKE["evaluation"], "kind": kind}, "pruningnet": {"epochs": 0.5}}
+    run_dir = tmp_path / "run"
+    assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["evaluations"] == 5 and summary["meets_budget"]
+    log = (run_dir / "log.txt").read_text()
+    if kind == "pruningnet":  # trained first into the run directory; the better of generated and pruned ships
+        assert (run_dir / "pruningnet.pt").exists() and "shipping the " in log
+    else:
+        assert not (run_dir / "pruningnet.pt").exists()

@@ -1,0 +1,111 @@
+"""Proxy fidelity: which score, computed during a search, ranks policies like the model a user ships?
+
+Takes the policies of ``benchmarks/pruningnet.py fidelity`` (random policies filled to 50% and 30% FLOPs
+on the reference ResNet-20 / Fashion-MNIST, with the adaptive-BN and PruningNet scores and the shipped
+model's test accuracy already measured) and scores each with more proxies a search could rank by:
+
+* ``refit``: the candidate refitted by least squares in one pass on 256 TRAIN images, then adaptive BN
+  (``evaluation.kind: refit``);
+* ``finetune_k``: the plainly pruned candidate after ``k`` SGD steps on TRAIN, then adaptive BN.
+
+For each proxy and budget: Kendall's tau, Spearman's rho (``scipy.stats``) and the top-5 overlap with the
+shipped model's test accuracy, and the mean seconds per evaluation (one core).
+
+    python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40   # first: policies + targets
+    python benchmarks/fidelity.py --steps 10 50
+
+Rows go to ``benchmarks/results/fidelity.jsonl`` (a rerun skips finished ones); the table to ``fidelity.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from autoprune.budget import Budget
+from autoprune.data import load_dataset
+from autoprune.evaluation import Evaluator
+from autoprune.models.checkpoints import load_checkpoint, reference_checkpoint
+from autoprune.refit_evaluator import RefitEvaluator
+from autoprune.search_spaces import SearchSpace
+
+RESULTS = Path(__file__).parent / "results"
+SOURCE, ROWS = RESULTS / "pruningnet.jsonl", RESULTS / "fidelity.jsonl"
+EVALUATION = {"val_size": 2000, "bn_batches": 8, "batch_size": 64}
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, nargs="*", default=[10, 50], help="fine-tune proxies (SGD steps)")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    policies = [r for r in _read(SOURCE) if r["part"] == "fidelity" and r["model"] == "resnet20"]
+    if not args.table_only:
+        model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
+        splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
+        space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8))
+        common = dict(train_data=splits.train, val_data=splits.val, **EVALUATION)
+        proxies: dict[str, Evaluator] = {"refit": RefitEvaluator(model, space, **common)}
+        for k in args.steps:
+            proxies[f"finetune_{k}"] = Evaluator(model, space, finetune_steps=k, **common)
+        done = {(r["index"], r["proxy"]) for r in _read(ROWS)}
+        for row in policies:
+            for name, evaluator in proxies.items():
+                if (row["index"], name) in done:
+                    continue
+                evaluator.budget = Budget(flops=row["budget"])
+                result = evaluator(row["policy"])
+                with ROWS.open("a") as f:
+                    f.write(json.dumps({"index": row["index"], "budget": row["budget"], "proxy": name,
+                                        "val": result.accuracy, "seconds": result.seconds["total"],
+                                        "command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:])}) + "\n")
+    _write_markdown(policies, _read(ROWS))
+
+
+def _write_markdown(policies: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    scores: dict[str, dict[int, tuple[float, float]]] = {}
+    for p in policies:
+        for kind, s in p["scores"].items():
+            scores.setdefault(kind, {})[p["index"]] = (s["val"], s["seconds"])
+    for r in rows:
+        scores.setdefault(r["proxy"], {})[r["index"]] = (r["val"], r["seconds"])
+    lines = ["# Proxy fidelity: ranking policies like the shipped model", "",
+             "Reference ResNet-20 / Fashion-MNIST; random policies (uniform draws, filled to the budget by the shared "
+             "projection). Target: TEST accuracy of the model a run ships for the policy (pruned by `l2` importance, "
+             "refitted by least squares on 512 TRAIN images, BatchNorm on 8,192). Proxies score 2,000 validation "
+             "images after 8 BN batches. One core, while other benchmarks used the second one.", "",
+             "Commands: `python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40` (policies, target, "
+             "`adaptive_bn`, `pruningnet` after 1 epoch of PruningNet training), then "
+             "`python benchmarks/fidelity.py --steps 10 50` (the others).", "",
+             "| budget | proxy | policies | Kendall's τ | Spearman's ρ | top-5 overlap | s/eval |",
+             "|---|---|---|---|---|---|---|"]
+    for budget in sorted({p["budget"] for p in policies}, reverse=True):
+        group = [p for p in policies if p["budget"] == budget]
+        for proxy in ("adaptive_bn", "refit", *sorted(k for k in scores if k.startswith("finetune_")), "pruningnet"):
+            have = [p for p in group if p["index"] in scores.get(proxy, {})]
+            if len(have) < 3:
+                continue
+            target = [p["shipped_test"] for p in have]
+            value = [scores[proxy][p["index"]][0] for p in have]
+            top = len(set(np.argsort(target)[-5:]) & set(np.argsort(value)[-5:]))
+            secs = statistics.mean(scores[proxy][p["index"]][1] for p in have)
+            lines.append(f"| {budget:.0%} | {proxy} | {len(have)} | {stats.kendalltau(value, target)[0]:.3f} | "
+                         f"{stats.spearmanr(value, target)[0]:.3f} | {top}/5 | {secs:.2f} |")
+    (RESULTS / "fidelity.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
