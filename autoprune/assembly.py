@@ -142,7 +142,7 @@ def trained_pruningnet(config: Config, model: nn.Module, space: SearchSpace, spl
     net = PruningNet(model, space, hidden=c.hidden)
     steps = max(1, math.ceil(c.epochs * len(splits.train) / c.batch_size))
     train_pruningnet(net, splits.train, steps=steps, batch_size=c.batch_size, lr=c.lr, seed=config.seed,
-                     checkpoint=run_dir / PRUNINGNET, show_progress=show_progress)
+                     distill=c.distill, checkpoint=run_dir / PRUNINGNET, show_progress=show_progress)
     return net
 
 

@@ -106,6 +106,7 @@ class PruningNetConfig(_Section):
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     hidden: int = Field(default=32, ge=1)  # width of each layer's weight generator
+    distill: float = Field(default=0.0, ge=0, le=1)  # weight of distillation from the dense model (0: labels only)
 
 
 class Config(_Section):

@@ -39,6 +39,7 @@ from autoprune.progress import track_progress
 from autoprune.pruning import dimension_slices
 from autoprune.search_spaces import SearchSpace
 from autoprune.surgery import apply_plan, plan_for_keep
+from autoprune.training import task_loss
 
 __all__ = ["PruningNet", "load_pruningnet", "save_pruningnet", "train_pruningnet"]
 
@@ -146,6 +147,12 @@ class PruningNet(nn.Module):
         return apply_plan(model, plan).eval()
 
 
+def _from_state(like: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    model = copy.deepcopy(like)
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def _key(layer: str) -> str:
     return layer.replace(".", "__")  # ModuleDict keys cannot hold dots
 
@@ -169,8 +176,11 @@ def load_pruningnet(net: PruningNet, path: str | os.PathLike[str]) -> dict[str, 
 def train_pruningnet(net: PruningNet, train_data: TensorDataset, *, steps: int, batch_size: int = 64,
                      lr: float = 1e-3, seed: int = 0, checkpoint: str | os.PathLike[str] | None = None,
                      checkpoint_every: int = 50, select: OutputSelector = select_output,
-                     show_progress: bool = True) -> list[float]:
+                     distill: float = 0.0, show_progress: bool = True) -> list[float]:
     """Train ``net`` for ``steps`` steps, each on one random policy of its space and one TRAIN batch.
+
+    ``distill`` > 0 mixes in knowledge distillation from the dense model (that weight on its softened
+    outputs, the rest on the labels).
 
     With ``checkpoint``, the state is saved there every ``checkpoint_every`` steps and at the end, and a
     training whose checkpoint exists continues from it (the same steps as an uninterrupted one).
@@ -187,6 +197,9 @@ def train_pruningnet(net: PruningNet, train_data: TensorDataset, *, steps: int, 
         torch_rng.set_state(state["torch_rng"])
         done = int(state["step"])
         log.info("continuing PruningNet training from its checkpoint at step %d of %d", done, steps)
+    teacher = copy.deepcopy(net.base).eval() if distill > 0 else None  # the dense model, before any step
+    if teacher is not None and done:  # resumed: the base has moved; its dense weights are the generators' start
+        teacher = None if "teacher" not in state else _from_state(net.base, state["teacher"])
     x_train, y_train = examples(train_data)
     n = len(y_train)
     losses = []
@@ -194,7 +207,8 @@ def train_pruningnet(net: PruningNet, train_data: TensorDataset, *, steps: int, 
     def save(step: int) -> None:
         if checkpoint is not None:
             save_pruningnet(net, checkpoint, {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-                                              "torch_rng": torch_rng.get_state(), "step": step})
+                                              "torch_rng": torch_rng.get_state(), "step": step,
+                                              **({"teacher": teacher.state_dict()} if teacher is not None else {})})
 
     net.train()
     with track_progress("PruningNet training", steps, enabled=show_progress) as bar:
@@ -202,7 +216,9 @@ def train_pruningnet(net: PruningNet, train_data: TensorDataset, *, steps: int, 
         for step in range(done, steps):
             plan = net.plan(net.space.sample(rng))
             batch = torch.randint(n, (batch_size,), generator=torch_rng)
-            loss = F.cross_entropy(select(net(take(x_train, batch), plan)), y_train[batch])
+            x = take(x_train, batch)
+            loss = task_loss(select(net(x, plan)), y_train[batch], teacher=teacher, x=x, select=select,
+                             weight=distill)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

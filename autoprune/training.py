@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from autoprune.forward import OutputSelector, call, examples, select_output, take, to_device
+from autoprune.forward import Inputs, OutputSelector, call, examples, select_output, take, to_device
 from autoprune.progress import track_progress
 
-__all__ = ["TrainConfig", "accuracy", "model_device", "train"]
+__all__ = ["TrainConfig", "accuracy", "model_device", "task_loss", "train"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -37,6 +37,20 @@ class TrainConfig:
     distill_temperature: float = 4.0
     distill_weight: float = 0.9
     seed: int = 0
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, *, teacher: nn.Module | None = None, x: Inputs | None = None,
+              select: OutputSelector = select_output, temperature: float = 4.0, weight: float = 0.9) -> torch.Tensor:
+    """Cross-entropy, or with a ``teacher`` (called on ``x``) the knowledge-distillation mix:
+    ``(1 - weight) * CE + weight * T^2 * KL(teacher / T || student / T)``."""
+    loss = F.cross_entropy(logits, labels)
+    if teacher is None or x is None:
+        return loss
+    with torch.no_grad():
+        t_logits = call(teacher, x, select)
+    t = temperature
+    kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(t_logits / t, 1), reduction="batchmean") * t * t
+    return (1 - weight) * loss + weight * kd
 
 
 def onednn_safe(model: nn.Module, x: torch.Tensor) -> bool:
@@ -130,13 +144,8 @@ def train(model: nn.Module, data: TensorDataset, config: TrainConfig = TrainConf
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
             x, y = to_device(x, device), y.to(device)
             logits = call(model, x, select)
-            loss = F.cross_entropy(logits, y)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = call(teacher, x, select)
-                t = config.distill_temperature
-                kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(t_logits / t, 1), reduction="batchmean") * t * t
-                loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
+            loss = task_loss(logits, y, teacher=teacher, x=x, select=select, temperature=config.distill_temperature,
+                             weight=config.distill_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -69,19 +69,20 @@ def test_a_model_with_group_norm_groups_is_refused_naming_the_layer():
         PruningNet(model, space)
 
 
-def test_a_training_stopped_after_a_checkpoint_resumes_identically(tmp_path):
+@pytest.mark.parametrize("distill", [0.0, 0.5])
+def test_a_training_stopped_after_a_checkpoint_resumes_identically(tmp_path, distill):
     data = random_data(64, (1, 16, 16), seed=1)
     _, _, straight = _net("resnet20")
-    losses = train_pruningnet(straight, data, steps=6, batch_size=16, seed=0, show_progress=False)
+    losses = train_pruningnet(straight, data, steps=6, batch_size=16, seed=0, distill=distill, show_progress=False)
     assert len(losses) == 6 and all(np.isfinite(losses))
 
     _, _, first = _net("resnet20")
     ckpt = tmp_path / "pruningnet.pt"
     train_pruningnet(first, data, steps=4, batch_size=16, seed=0, checkpoint=ckpt, checkpoint_every=2,
-                     show_progress=False)  # as a run killed after step 4's checkpoint
+                     distill=distill, show_progress=False)  # as a run killed after step 4's checkpoint
     _, _, second = _net("resnet20")  # a new process: fresh weights, the checkpoint on disk
     rest = train_pruningnet(second, data, steps=6, batch_size=16, seed=0, checkpoint=ckpt, checkpoint_every=2,
-                            show_progress=False)
+                            distill=distill, show_progress=False)
     assert rest == pytest.approx(losses[4:], rel=1e-4)
     for a, b in zip(straight.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
