@@ -156,6 +156,7 @@ def part_search(args: argparse.Namespace) -> None:
                 start = time.perf_counter()
                 while time.perf_counter() - start < search_s:
                     searcher.step(5)
+                searched_s = time.perf_counter() - start
                 best = searcher.best
                 assert best is not None
                 shipped = evaluator.release(best.policy)
@@ -164,7 +165,7 @@ def part_search(args: argparse.Namespace) -> None:
                 train(shipped, splits.train, TrainConfig(epochs=args.finetune_epochs, max_lr=0.05, seed=seed),
                       show_progress=False)
                 released = getattr(evaluator, "released", {}).get(space.validate(best.policy).to_json(), {})
-                _append({**key, "evaluations": len(searcher.ledger), "search_s": time.perf_counter() - start,
+                _append({**key, "evaluations": len(searcher.ledger), "search_s": searched_s,
                          "train_s": train_s if kind == "pruningnet" else 0.0, "best_val": best.accuracy,
                          "shipped_test": test, "finetuned_test": accuracy(shipped, splits.test),
                          "finetune_epochs": args.finetune_epochs, "released": released,
@@ -193,29 +194,38 @@ def _write_markdown() -> None:
     if fid:
         lines += ["", f"## Ranking fidelity ({len(fid)} random policies filled to 50% and 30% FLOPs)", "",
                   "Target: test accuracy of the model a run ships for the policy (the trained model pruned by "
-                  "importance, refitted by least squares, BN recalibrated).", "",
-                  "| proxy | Kendall's τ | Spearman's ρ | top-5 overlap | mean s/eval |", "|---|---|---|---|---|"]
+                  "importance, refitted by least squares, BN recalibrated). Per budget: pooled, the budget alone "
+                  "would rank them. More proxies on the same policies: `fidelity.md`.", "",
+                  "| budget | proxy | policies | Kendall's τ | Spearman's ρ | top-5 overlap | mean s/eval |",
+                  "|---|---|---|---|---|---|---|"]
+        for budget in sorted({r["budget"] for r in fid}, reverse=True):
+            group = [r for r in fid if r["budget"] == budget]
+            target = [r["shipped_test"] for r in group]
+            best5 = set(np.argsort(target)[-5:])
+            for kind in ("adaptive_bn", "pruningnet"):
+                proxy = [r["scores"][kind]["val"] for r in group]
+                tau, rho = stats.kendalltau(proxy, target)[0], stats.spearmanr(proxy, target)[0]
+                overlap = len(best5 & set(np.argsort(proxy)[-5:]))
+                secs = statistics.mean(r["scores"][kind]["seconds"] for r in group)
+                lines.append(f"| {budget:.0%} | {kind} | {len(group)} | {tau:.3f} | {rho:.3f} | {overlap}/5 | "
+                             f"{secs:.2f} |")
         target = [r["shipped_test"] for r in fid]
-        best5 = set(np.argsort(target)[-5:])
-        for kind in ("adaptive_bn", "pruningnet"):
-            proxy = [r["scores"][kind]["val"] for r in fid]
-            tau, rho = stats.kendalltau(proxy, target)[0], stats.spearmanr(proxy, target)[0]
-            overlap = len(best5 & set(np.argsort(proxy)[-5:]))
-            secs = statistics.mean(r["scores"][kind]["seconds"] for r in fid)
-            lines.append(f"| {kind} | {tau:.3f} | {rho:.3f} | {overlap}/5 | {secs:.2f} |")
         lines += ["", f"Generated networks' own test accuracy (BN recalibrated): mean "
                       f"{_ms([r['generated_test'] for r in fid])} vs the shipped models' {_ms(target)}."]
     search = [r for r in rows if r["part"] == "search"]
     if search:
         lines += ["", "## Evolution at equal total wall time", "",
-                  "Each row: 3 seeds (mean ± std). The PruningNet's training time is taken from its search's time.",
-                  "", "| model | FLOPs | evaluator | wall (s) | evaluations | best val | shipped test | "
-                  "after fine-tune | shipped generated / pruned |", "|---|---|---|---|---|---|---|---|---|"]
+                  "Mean ± std over the seeds run. The PruningNet's training time is taken from its search's time. "
+                  "The shipped model: for adaptive BN the trained model pruned and refitted; for the PruningNet the "
+                  "better on validation of its generated network and that model (last column: how often each). "
+                  "The fine-tune (1 epoch, SGD, lr 0.05) starts from the shipped model.",
+                  "", "| model | FLOPs | evaluator | seeds | wall (s) | evaluations | best val | shipped test | "
+                  "after fine-tune | shipped generated / pruned |", "|---|---|---|---|---|---|---|---|---|---|"]
         keys = sorted({(r["model"], r["budget"], r["kind"], r["wall"]) for r in search}, key=lambda k: (k[0], -k[1]))
         for model, budget, kind, wall in keys:
             rs = [r for r in search if (r["model"], r["budget"], r["kind"], r["wall"]) == (model, budget, kind, wall)]
             chosen = [r["released"].get("shipped", "pruned") for r in rs]
-            lines.append(f"| {model} | {budget:.0%} | {kind} | {wall:.0f} | "
+            lines.append(f"| {model} | {budget:.0%} | {kind} | {len(rs)} | {wall:.0f} | "
                          f"{statistics.mean(r['evaluations'] for r in rs):.0f} | {_ms([r['best_val'] for r in rs])} | "
                          f"{_ms([r['shipped_test'] for r in rs])} | {_ms([r['finetuned_test'] for r in rs])} | "
                          f"{chosen.count('generated')} / {chosen.count('pruned')} |")

@@ -1,6 +1,7 @@
 """Dataset loading: Fashion-MNIST from its IDX files and scikit-learn's 8x8 digits.
 
-Nothing is downloaded at run time. Fashion-MNIST is read from, in order: the ``root`` argument,
+Nothing is downloaded at run time. Fashion-MNIST is read from the ``root`` argument when one is given
+(and only there: a named folder without the files is an error, not a silent fallback), else from
 ``$AUTOPRUNE_FASHION_MNIST``, then the Debian package's directory. Splits are tensors held in
 memory (Fashion-MNIST is 188 MB as float32), which keeps evaluation loops free of loader overhead.
 
@@ -139,14 +140,19 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _find_fashion_dir(root: str | os.PathLike[str] | None) -> Path:
-    candidates = [Path(root)] if root is not None else []
-    if os.environ.get(FASHION_MNIST_ENV):
-        candidates.append(Path(os.environ[FASHION_MNIST_ENV]))
-    candidates.append(FASHION_MNIST_DEBIAN_DIR)
+    if root is not None:
+        candidates = [Path(root)]
+    else:
+        candidates = [Path(os.environ[FASHION_MNIST_ENV])] if os.environ.get(FASHION_MNIST_ENV) else []
+        candidates.append(FASHION_MNIST_DEBIAN_DIR)
     for d in candidates:
         if all((d / f).exists() or (d / (f + ".gz")).exists() for f in _FASHION_FILES.values()):
             return d
     looked = ", ".join(str(d) for d in candidates)
+    if root is not None:
+        raise DatasetMissingError(f"Fashion-MNIST IDX files not found in data.root {root}; point it at a folder "
+                                  f"holding {_FASHION_FILES['train_images']}[.gz] and the three other IDX files, or "
+                                  "leave it unset to use $AUTOPRUNE_FASHION_MNIST or the Debian package")
     raise DatasetMissingError(
         f"Fashion-MNIST IDX files not found (looked in {looked}); install them with "
         f"'apt-get install -y dataset-fashion-mnist' or set ${FASHION_MNIST_ENV} to a folder holding "

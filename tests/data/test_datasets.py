@@ -38,6 +38,13 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(ds, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "nowhere")
     monkeypatch.delenv(ds.FASHION_MNIST_ENV, raising=False)
     with pytest.raises(DatasetMissingError, match="apt-get install -y dataset-fashion-mnist") as e:
+        load_dataset("fashion_mnist")
+    assert "\n" not in str(e.value)
+
+
+def test_a_named_root_without_the_files_is_an_error_not_a_silent_fallback(tmp_path):
+    # even where the Debian package is installed: the user asked for this folder
+    with pytest.raises(DatasetMissingError, match=f"not found in data.root {tmp_path}") as e:
         load_dataset("fashion_mnist", root=tmp_path)
     assert "\n" not in str(e.value)
 
