@@ -385,13 +385,17 @@ _STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quo
 
 
 def _database_unreachable(error: BaseException | None) -> str:
-    """The first line of the database driver's error if ``error`` is a lost connection to the ledger's server."""
+    """The database driver's first line if ``error`` is (or wraps) a lost connection to the ledger's server."""
+    found = ""
     while error is not None:
-        if type(error).__name__ in ("OperationalError", "InterfaceError", "StorageInternalError"):
-            first = str(getattr(error, "orig", None) or error).strip().splitlines()
-            return first[0] if first else type(error).__name__
+        name = type(error).__name__
+        if name in ("OperationalError", "InterfaceError"):  # the driver's own words: the most specific
+            lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+            return lines[0] if lines else name
+        if name == "StorageInternalError" and not found:  # Optuna's wrapper: used if no driver error is inside
+            found = name
         error = error.__cause__ or error.__context__
-    return ""
+    return found
 
 
 def _write_traceback(run_dir: str | None) -> str:
