@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -167,9 +168,18 @@ def save_pruningnet(net: PruningNet, path: str | os.PathLike[str], extra: Mappin
 
 
 def load_pruningnet(net: PruningNet, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load weights saved by :func:`save_pruningnet` into ``net``; returns the rest of the file."""
-    blob = torch.load(path, weights_only=False)
-    net.load_state_dict(blob.pop("state_dict"))
+    """Load weights saved by :func:`save_pruningnet` into ``net``; returns the rest of the file.
+
+    Raises:
+        ValueError: the file is damaged or belongs to another model or space (one line: what to do).
+    """
+    try:
+        blob = torch.load(path, weights_only=False)
+        net.load_state_dict(blob.pop("state_dict"))
+    except (RuntimeError, EOFError, OSError, KeyError, AttributeError, pickle.UnpicklingError) as e:
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise ValueError(f"{path} cannot be loaded ({type(e).__name__}: {first}); it is damaged or was trained "
+                         "for another model or search space: delete it to train the PruningNet again") from None
     return dict(blob)
 
 

@@ -120,3 +120,22 @@ def test_a_pruningnet_training_killed_with_sigkill_resumes_from_its_checkpoint(t
     assert resumed is not None
     assert torch.load(run_dir / "pruningnet.pt", weights_only=False)["step"] == int(resumed.group(1))
     assert "autoprune search" in done.stdout  # says how to search with it
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other model"])
+def test_a_damaged_or_foreign_checkpoint_is_one_line_saying_to_delete_it(tmp_path, damage):
+    from autoprune.pruningnet import save_pruningnet
+
+    data = random_data(32, (1, 16, 16))
+    ckpt = tmp_path / "pruningnet.pt"
+    if damage == "truncated":
+        _, _, net = _net("resnet20")
+        save_pruningnet(net, ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    else:
+        _, _, other = _net("vgg11")
+        save_pruningnet(other, ckpt)
+    _, _, net = _net("resnet20")
+    with pytest.raises(ValueError, match="delete it to train the PruningNet again") as e:
+        train_pruningnet(net, data, steps=2, batch_size=8, checkpoint=ckpt, show_progress=False)
+    assert "\n" not in str(e.value)
