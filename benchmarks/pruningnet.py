@@ -144,7 +144,7 @@ def part_search(args: argparse.Namespace) -> None:
     net, train_s = _net(args.model, model, splits, space, args.epochs)
     for flops in args.budgets:
         for seed in args.seeds:
-            for kind in ("adaptive_bn", "pruningnet"):
+            for kind in args.kinds:
                 key = dict(part="search", model=args.model, epochs=args.epochs, budget=flops, seed=seed, kind=kind,
                            wall=args.wall)
                 if _done(**key):
@@ -242,6 +242,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--wall", type=float, default=600.0, help="seconds per search, PruningNet training included")
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
+    parser.add_argument("--kinds", nargs="+", default=["adaptive_bn", "pruningnet"], help="evaluators to search with")
     args = parser.parse_args()
     torch.set_num_threads(1)
     {"train": part_train, "fidelity": part_fidelity, "search": part_search,
