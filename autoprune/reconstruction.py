@@ -110,15 +110,20 @@ def reconstruct_in_one_pass(dense: nn.Module, pruned: nn.Module, plan: Mapping[t
                 return type(layer).forward(layer, inputs[0])  # type: ignore[no-any-return]  # no hooks run again
         return hook
 
-    for model, modules, make in ((dense, dense_modules, record), (pruned, pruned_modules, refit)):
-        hooks = [modules[n].register_forward_hook(make(n)) for n in names]
-        try:
-            with torch.no_grad():
-                call(model.eval(), to_device(images, model_device(model)))
-        finally:
-            for h in hooks:
-                h.remove()
+    _run_hooked(dense, {dense_modules[n]: record(n) for n in names}, images)
+    _run_hooked(pruned, {pruned_modules[n]: refit(n) for n in names}, images)
     return names
+
+
+def _run_hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable[..., Any]], x: Inputs) -> None:
+    """One forward pass of ``model`` (eval, no gradients) with forward ``hooks`` on some of its layers."""
+    handles = [m.register_forward_hook(fn) for m, fn in hooks.items()]
+    try:
+        with torch.no_grad():
+            call(model.eval(), to_device(x, model_device(model)))
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _refittable(layer: nn.Module) -> bool:
@@ -131,14 +136,8 @@ def _refittable(layer: nn.Module) -> bool:
 def _call_counts(model: nn.Module, x: Inputs) -> dict[str, int]:
     """Conv/Linear layers in the order the forward pass calls them, with how often it does."""
     counts: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda *_, n=n: counts.__setitem__(n, counts.get(n, 0) + 1))
-             for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            call(model.eval(), to_device(x, model_device(model)))
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, {m: lambda *_, n=n: counts.__setitem__(n, counts.get(n, 0) + 1)
+                        for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))}, x)
     return counts
 
 

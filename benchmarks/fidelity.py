@@ -75,6 +75,17 @@ def main() -> None:
     _write_markdown(policies, _read(ROWS))
 
 
+RANK_COLUMNS = ["| budget | proxy | policies | Kendall's τ | Spearman's ρ | top-5 overlap | s/eval |",
+                "|---|---|---|---|---|---|---|"]
+
+
+def rank_agreement(proxy: list[float], target: list[float], seconds: list[float]) -> str:
+    """Table cells: Kendall's tau, Spearman's rho, top-5 overlap of ``proxy`` with ``target``, mean seconds."""
+    top = len(set(np.argsort(target)[-5:]) & set(np.argsort(proxy)[-5:]))
+    return (f"{stats.kendalltau(proxy, target)[0]:.3f} | {stats.spearmanr(proxy, target)[0]:.3f} | {top}/5 | "
+            f"{statistics.mean(seconds):.2f}")
+
+
 def _write_markdown(policies: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
     scores: dict[str, dict[int, tuple[float, float]]] = {}
     for p in policies:
@@ -89,21 +100,16 @@ def _write_markdown(policies: list[dict[str, Any]], rows: list[dict[str, Any]]) 
              "images after 8 BN batches. One core, while other benchmarks used the second one.", "",
              "Commands: `python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40` (policies, target, "
              "`adaptive_bn`, `pruningnet` after 1 epoch of PruningNet training), then "
-             "`python benchmarks/fidelity.py --steps 10 50` (the others).", "",
-             "| budget | proxy | policies | Kendall's τ | Spearman's ρ | top-5 overlap | s/eval |",
-             "|---|---|---|---|---|---|---|"]
+             "`python benchmarks/fidelity.py --steps 10 50` (the others).", "", *RANK_COLUMNS]
     for budget in sorted({p["budget"] for p in policies}, reverse=True):
         group = [p for p in policies if p["budget"] == budget]
         for proxy in ("adaptive_bn", "refit", *sorted(k for k in scores if k.startswith("finetune_")), "pruningnet"):
             have = [p for p in group if p["index"] in scores.get(proxy, {})]
             if len(have) < 3:
                 continue
-            target = [p["shipped_test"] for p in have]
-            value = [scores[proxy][p["index"]][0] for p in have]
-            top = len(set(np.argsort(target)[-5:]) & set(np.argsort(value)[-5:]))
-            secs = statistics.mean(scores[proxy][p["index"]][1] for p in have)
-            lines.append(f"| {budget:.0%} | {proxy} | {len(have)} | {stats.kendalltau(value, target)[0]:.3f} | "
-                         f"{stats.spearmanr(value, target)[0]:.3f} | {top}/5 | {secs:.2f} |")
+            lines.append(f"| {budget:.0%} | {proxy} | {len(have)} | " + rank_agreement(
+                [scores[proxy][p["index"]][0] for p in have], [p["shipped_test"] for p in have],
+                [scores[proxy][p["index"]][1] for p in have]) + " |")
     (RESULTS / "fidelity.md").write_text("\n".join(lines) + "\n")
 
 

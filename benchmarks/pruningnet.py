@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
+from fidelity import RANK_COLUMNS, rank_agreement  # benchmarks/fidelity.py: run as python benchmarks/<name>.py
 
 from autoprune.budget import Budget, project
 from autoprune.data import load_dataset
@@ -195,20 +195,13 @@ def _write_markdown() -> None:
         lines += ["", f"## Ranking fidelity ({len(fid)} random policies filled to 50% and 30% FLOPs)", "",
                   "Target: test accuracy of the model a run ships for the policy (the trained model pruned by "
                   "importance, refitted by least squares, BN recalibrated). Per budget: pooled, the budget alone "
-                  "would rank them. More proxies on the same policies: `fidelity.md`.", "",
-                  "| budget | proxy | policies | Kendall's τ | Spearman's ρ | top-5 overlap | mean s/eval |",
-                  "|---|---|---|---|---|---|---|"]
+                  "would rank them. More proxies on the same policies: `fidelity.md`.", "", *RANK_COLUMNS]
         for budget in sorted({r["budget"] for r in fid}, reverse=True):
             group = [r for r in fid if r["budget"] == budget]
-            target = [r["shipped_test"] for r in group]
-            best5 = set(np.argsort(target)[-5:])
             for kind in ("adaptive_bn", "pruningnet"):
-                proxy = [r["scores"][kind]["val"] for r in group]
-                tau, rho = stats.kendalltau(proxy, target)[0], stats.spearmanr(proxy, target)[0]
-                overlap = len(best5 & set(np.argsort(proxy)[-5:]))
-                secs = statistics.mean(r["scores"][kind]["seconds"] for r in group)
-                lines.append(f"| {budget:.0%} | {kind} | {len(group)} | {tau:.3f} | {rho:.3f} | {overlap}/5 | "
-                             f"{secs:.2f} |")
+                lines.append(f"| {budget:.0%} | {kind} | {len(group)} | " + rank_agreement(
+                    [r["scores"][kind]["val"] for r in group], [r["shipped_test"] for r in group],
+                    [r["scores"][kind]["seconds"] for r in group]) + " |")
         target = [r["shipped_test"] for r in fid]
         lines += ["", f"Generated networks' own test accuracy (BN recalibrated): mean "
                       f"{_ms([r['generated_test'] for r in fid])} vs the shipped models' {_ms(target)}."]
