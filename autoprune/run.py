@@ -44,7 +44,7 @@ from autoprune.run_directory import (
     freeze,
     hold,
     load_state,
-    log_to,
+    logging_into,
     save_state,
 )
 from autoprune.run_lease import lease
@@ -203,47 +203,44 @@ def open_run(run_dir: str | Path) -> RunContents:
     return RunContents(run_dir, config, splits, model, space, spec, summary)
 
 
-def start(config: Config, run_dir: str | Path, *, show_progress: bool = True) -> RunOutcome:
-    """Start a search in ``run_dir`` (which must not hold another run)."""
+def _created(run_dir: str | Path) -> Path:
+    """``run_dir`` resolved and created; a usage error if it names a file."""
     run_dir = Path(run_dir).resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file; name a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def start(config: Config, run_dir: str | Path, *, show_progress: bool = True) -> RunOutcome:
+    """Start a search in ``run_dir`` (which must not hold another run)."""
+    run_dir = _created(run_dir)
     with hold(run_dir, "autoprune search"):  # a live run there: RunInUseError names it (never suggest a racing resume)
         if (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} already holds a run; use 'autoprune resume {run_dir}' or another --run-dir")
         config.dump(run_dir / "config.yaml")
         freeze(run_dir, config.model_dump(mode="json"))
-        handler = log_to(run_dir)
-        try:
-            return _search(config, run_dir, show_progress, "autoprune search")
-        except ValueError:  # bad input (infeasible budget, unusable model, ...): leave no run to resume
-            if not config.search.storage and count_recorded(run_dir) == 0:
-                for name in ("config.yaml", FROZEN, CHECKPOINT, "ledger.db"):
-                    (run_dir / name).unlink(missing_ok=True)
-            raise
-        finally:
-            logging.getLogger("autoprune").removeHandler(handler)
+        with logging_into(run_dir):
+            try:
+                return _search(config, run_dir, show_progress, "autoprune search")
+            except ValueError:  # bad input (infeasible budget, unusable model, ...): leave no run to resume
+                if not config.search.storage and count_recorded(run_dir) == 0:
+                    for name in ("config.yaml", FROZEN, CHECKPOINT, "ledger.db"):
+                        (run_dir / name).unlink(missing_ok=True)
+                raise
 
 
 def pretrain_pruningnet(config: Config, run_dir: str | Path, *, show_progress: bool = True) -> Path:
     """Train the PruningNet of ``config`` into ``run_dir/pruningnet.pt`` (continuing its checkpoint if there is
     one); a search started in ``run_dir`` with ``evaluation.kind: pruningnet`` uses it."""
-    run_dir = Path(run_dir).resolve()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} is a file; name a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with hold(run_dir, "autoprune pruningnet train"):
-        handler = log_to(run_dir)
-        try:
-            torch.set_num_threads(config.threads)
-            splits = load_data(config)
-            model, _ = load_model(config, splits, run_dir, show_progress)
-            trained_pruningnet(config, model, build_space(config, model, splits), splits, run_dir, show_progress)
-            log.info("PruningNet trained for %g epoch(s) into %s", config.pruningnet.epochs, run_dir / PRUNINGNET)
-            return run_dir / PRUNINGNET
-        finally:
-            logging.getLogger("autoprune").removeHandler(handler)
+    run_dir = _created(run_dir)
+    with hold(run_dir, "autoprune pruningnet train"), logging_into(run_dir):
+        torch.set_num_threads(config.threads)
+        splits = load_data(config)
+        model, _ = load_model(config, splits, run_dir, show_progress)
+        trained_pruningnet(config, model, build_space(config, model, splits), splits, run_dir, show_progress)
+        log.info("PruningNet trained for %g epoch(s) into %s", config.pruningnet.epochs, run_dir / PRUNINGNET)
+        return run_dir / PRUNINGNET
 
 
 def resume(run_dir: str | Path, *, show_progress: bool = True, evaluations: int | None = None,
@@ -268,8 +265,5 @@ def resume(run_dir: str | Path, *, show_progress: bool = True, evaluations: int 
             freeze(run_dir, config.model_dump(mode="json"))
         if summary.get("done"):
             return RunOutcome(run_dir, summary, already_finished=True)
-        handler = log_to(run_dir)
-        try:
+        with logging_into(run_dir):
             return _search(config, run_dir, show_progress, "autoprune resume")
-        finally:
-            logging.getLogger("autoprune").removeHandler(handler)

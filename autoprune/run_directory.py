@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 __all__ = ["BACKUP", "CHECKPOINT", "FROZEN", "LEDGER", "LOCK", "PRUNINGNET", "CheckpointDamagedError",
            "ConfigChangedError", "LedgerDamagedError", "RunInUseError", "backup_ledger", "check_ledger",
-           "check_unchanged", "freeze", "hold", "holding", "load_state", "log_to", "save_state"]
+           "check_unchanged", "freeze", "hold", "holding", "load_state", "logging_into", "save_state"]
 
 T = TypeVar("T")
 
@@ -225,10 +225,16 @@ def load_state(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
                                      "restarts)") from e
 
 
-def log_to(run_dir: str | os.PathLike[str]) -> logging.Handler:
-    """Send autoprune's log lines to ``run_dir/log.txt`` (remove the handler when the command ends)."""
+@contextmanager
+def logging_into(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Send autoprune's log lines to ``run_dir/log.txt`` while the block runs (the file is closed after)."""
     handler = logging.FileHandler(Path(run_dir) / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("autoprune").addHandler(handler)
-    logging.getLogger("autoprune").setLevel(logging.INFO)
-    return handler
+    logger = logging.getLogger("autoprune")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
