@@ -364,15 +364,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("autoprune: interrupted; continue with 'autoprune resume RUN_DIR'", file=sys.stderr)
         return 130
     except Exception as e:  # a failure inside the run: one line here, the traceback in a log file
+        where = getattr(args, "run_dir", None) or "RUN_DIR"
         if isinstance(e, OSError) and e.errno in _STORAGE_ERRORS:  # a full disk, a read-only run directory
-            where = getattr(args, "run_dir", None) or "RUN_DIR"
             print(f"autoprune: cannot write {e.filename or where}: {_STORAGE_ERRORS[e.errno]}; the evaluations "
                   f"recorded so far are kept: make room (or make it writable), then 'autoprune resume {where}'",
                   file=sys.stderr)
             return 1
-        where = getattr(args, "run_dir", None) or "RUN_DIR"
-        if _database_unreachable(e):
-            print(f"autoprune: the ledger database could not be reached ({_database_unreachable(e)}); the evaluations "
+        unreachable = _database_unreachable(e)
+        if unreachable:
+            print(f"autoprune: the ledger database could not be reached ({unreachable}); the evaluations "
                   f"recorded so far are kept in it: when it is back, 'autoprune resume {where}'", file=sys.stderr)
             return 1
         log = _write_traceback(getattr(args, "run_dir", None))
