@@ -57,13 +57,7 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, plan: Mapping[tuple[str, bo
             y = _capture(dense, dense_modules[name], x, output=True).index_select(channels, keep_out)
             rows, targets = _rows(layer, _capture(pruned, layer, x, output=False), y, generator=generator)
             gram, cross = gram + rows.T @ rows, cross + rows.T @ targets
-        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-        solution = torch.linalg.solve(gram, cross).T.to(layer.weight.dtype)  # (out, inputs [+ bias])
-        with torch.no_grad():
-            if layer.bias is not None:
-                layer.bias.copy_(solution[:, -1])
-                solution = solution[:, :-1]
-            layer.weight.copy_(solution.reshape(layer.weight.shape))
+        _solve_into(layer, gram, cross, ridge)
         refitted.append(name)
     return refitted
 
@@ -99,14 +93,8 @@ def reconstruct_in_one_pass(dense: nn.Module, pruned: nn.Module, plan: Mapping[t
         def hook(layer: Any, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> torch.Tensor:
             y, pick = targets[name]
             rows, wanted = _rows(layer, inputs[0].detach(), y, pick=pick)
-            gram, cross = rows.T @ rows, rows.T @ wanted
-            gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-            solution = torch.linalg.solve(gram, cross).T.to(layer.weight.dtype)
+            _solve_into(layer, rows.T @ rows, rows.T @ wanted, ridge)
             with torch.no_grad():
-                if layer.bias is not None:
-                    layer.bias.copy_(solution[:, -1])
-                    solution = solution[:, :-1]
-                layer.weight.copy_(solution.reshape(layer.weight.shape))
                 return type(layer).forward(layer, inputs[0])  # type: ignore[no-any-return]  # no hooks run again
         return hook
 
@@ -124,6 +112,17 @@ def _run_hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable[..., Any]],
     finally:
         for h in handles:
             h.remove()
+
+
+def _solve_into(layer: Any, gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> None:
+    """Solve the ridge-regularised normal equations and write the solution into ``layer``'s weight (and bias)."""
+    gram = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    solution = torch.linalg.solve(gram, cross).T.to(layer.weight.dtype)  # (out, inputs [+ bias])
+    with torch.no_grad():
+        if layer.bias is not None:
+            layer.bias.copy_(solution[:, -1])
+            solution = solution[:, :-1]
+        layer.weight.copy_(solution.reshape(layer.weight.shape))
 
 
 def _refittable(layer: nn.Module) -> bool:
