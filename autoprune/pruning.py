@@ -62,7 +62,6 @@ class Pruner:
         self.example_inputs = example_inputs
         self.order = rank_units(model, space.groups, importance, example_inputs=example_inputs,
                                 calibration=calibration, seed=seed, select=select)
-        self._modules = dict(model.named_modules())
         self._parameters = dict(model.named_parameters())
 
     @property
@@ -132,7 +131,8 @@ class Pruner:
         with torch.no_grad():
             for (name, out), idxs in plan.items():
                 index = torch.as_tensor(idxs, dtype=torch.long)
-                for p, axis in self._mask_axes(name, out):
+                for pname, axis in dimension_slices(self.model, name, out):
+                    p = self._parameters[pname]
                     save(p)
                     p.index_fill_(axis, index, 0.0)
         try:
@@ -142,16 +142,14 @@ class Pruner:
                 for t, value in saved.values():
                     t.copy_(value)
 
-    def _mask_axes(self, name: str, out: bool) -> list[tuple[torch.Tensor, int]]:
-        return [(self._parameters[p], axis) for p, axis in dimension_slices(self.model, name, out)]
-
 
 def dimension_slices(model: nn.Module, name: str, out: bool) -> list[tuple[str, int]]:
     """The (parameter name, axis) slices of ``model`` that hold dimension ``(name, out)`` of a plan: zeroing
     them along the axis at a plan's indices masks what pruning those indices removes."""
-    if name in dict(model.named_parameters()):
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:  # a bare parameter (a position embedding, a class token)
         return [(name, parameter_axis(model.get_parameter(name).shape))]
-    module = model.get_submodule(name)
     prefix = f"{name}." if name else ""
     if isinstance(module, nn.modules.conv._ConvNd):
         if not out and module.groups > 1:
