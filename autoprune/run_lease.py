@@ -117,15 +117,13 @@ def lease(url: str, run: str, command: str, *, seconds: float | None = None) -> 
                            "on conflict (run) do update set token = excluded.token, holder = excluded.holder, "
                            f"beat = excluded.beat where {_TABLE}.beat < {now} - :seconds"),
                    {"run": run, "token": token, "holder": holder, "seconds": seconds})
-        row = db.execute(sa.text(f"select token, holder, {now} - beat from {_TABLE} where run = :run"),
-                         {"run": run}).one()
+        row = _holder_row(db, run, now)
     if row[0] != token and _died_here(json.loads(row[1])):  # its process is gone: no need to wait for expiry
         with engine.begin() as db:
             db.execute(sa.text(f"update {_TABLE} set token = :token, holder = :holder, beat = {now} "
                                "where run = :run and token = :old"),
                        {"run": run, "token": token, "holder": holder, "old": row[0]})
-            row = db.execute(sa.text(f"select token, holder, {now} - beat from {_TABLE} where run = :run"),
-                             {"run": run}).one()
+            row = _holder_row(db, run, now)
     if row[0] != token:
         engine.dispose()
         raise RunLeasedError(_in_use(run, json.loads(row[1]), float(row[2]), seconds))
@@ -135,6 +133,11 @@ def lease(url: str, run: str, command: str, *, seconds: float | None = None) -> 
         yield held
     finally:
         held._release()
+
+
+def _holder_row(db: sa.Connection, run: str, now: str) -> Any:
+    """(token, holder JSON, seconds since the last heartbeat) of the lease on ``run``."""
+    return db.execute(sa.text(f"select token, holder, {now} - beat from {_TABLE} where run = :run"), {"run": run}).one()
 
 
 def _died_here(holder: dict[str, Any]) -> bool:
