@@ -18,7 +18,9 @@ from autoprune.config import Config, ConfigError, import_object
 from autoprune.data import Splits, load_dataset
 from autoprune.evaluation import Evaluator
 from autoprune.parallel_evaluation import RayEvaluator
-from autoprune.pruningnet import PruningNet
+from autoprune.pruningnet import PruningNet, train_pruningnet
+from autoprune.pruningnet_evaluator import PruningNetEvaluator
+from autoprune.refit_evaluator import RefitEvaluator
 from autoprune.run_directory import PRUNINGNET
 from autoprune.search import LedgerSpec, Searcher, create_searcher
 from autoprune.search_spaces import SearchSpace
@@ -109,13 +111,9 @@ def build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher,
         val_size=ev.val_size, bn_batches=ev.bn_batches, batch_size=ev.batch_size, finetune_steps=ev.finetune_steps,
         path=ev.path, reward=config.reward, seed=config.seed, device=ev.device)
     if ev.kind == "pruningnet":
-        from autoprune.pruningnet_evaluator import PruningNetEvaluator
-
         net = trained_pruningnet(config, model, space, splits, run_dir, show_progress)
         evaluator: Evaluator = PruningNetEvaluator(net, model, space, **settings)
     elif ev.kind == "refit":
-        from autoprune.refit_evaluator import RefitEvaluator
-
         evaluator = RefitEvaluator(model, space, **settings)
     else:
         evaluator = Evaluator(model, space, **settings)
@@ -135,8 +133,6 @@ def build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher,
 def trained_pruningnet(config: Config, model: nn.Module, space: SearchSpace, splits: Splits, run_dir: Path,
                        show_progress: bool) -> PruningNet:
     """The run's PruningNet, trained into ``RUN_DIR/pruningnet.pt`` first (continued if a checkpoint is there)."""
-    from autoprune.pruningnet import PruningNet, train_pruningnet
-
     c = config.pruningnet
     torch.manual_seed(config.seed)
     net = PruningNet(model, space, hidden=c.hidden)
