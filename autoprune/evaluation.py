@@ -151,9 +151,7 @@ class Evaluator:
         ``reconstruct``, the layers that lost input channels refitted by least squares to the dense
         model's outputs (:mod:`autoprune.reconstruction`), then its BatchNorm statistics re-estimated
         on ``bn_images`` TRAIN images (a superset of the search's batches)."""
-        if self.train_data is None:
-            raise RuntimeError("release() needs the TRAIN split; call it on the driver's evaluator, not a worker's")
-        model = self.pruner.prune(policy)
+        model = self.pruner.prune(policy)  # without the TRAIN split (a worker's copy) release_images raises
         if reconstruct:
             from autoprune.reconstruction import RECONSTRUCT_IMAGES
             from autoprune.reconstruction import reconstruct as refit
