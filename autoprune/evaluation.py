@@ -145,6 +145,10 @@ class Evaluator:
         """The pruning plan of ``policy`` (the pruner's importance order applied to its kept counts)."""
         return self.pruner.plan(policy)
 
+    def release_choice(self, policy: Mapping[str, float]) -> dict[str, Any]:
+        """Empty: :meth:`release` has one model to return."""
+        return {}
+
     def release(self, policy: Mapping[str, float], *, bn_images: int = RELEASE_BN_IMAGES,
                 reconstruct: bool = True) -> nn.Module:
         """The physically pruned model of ``policy`` (on the CPU) as a search hands it back: with

@@ -57,8 +57,9 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
                # counted FLOPs/params of the physically pruned model; latency as the table predicts it
                "meets_budget": budget.holds(replace(counted, latency=best.latency), dense)
                and (measured is None or measured["within_budget"]),
-               "measured_latency": measured, "reconstructed": config.pruner.reconstruct, "best": best.to_dict(),
-               "done": True}
+               "measured_latency": measured, "reconstructed": config.pruner.reconstruct,
+               # e.g. the PruningNet's generated network vs the trained model pruned: both validation scores
+               "release_choice": evaluator.release_choice(best.policy), "best": best.to_dict(), "done": True}
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -65,6 +65,10 @@ class PruningNetEvaluator(Evaluator):
                  " and refitted" if reconstruct else "")
         return generated if shipped == "generated" else pruned
 
+    def release_choice(self, policy: Mapping[str, float]) -> dict[str, Any]:
+        """``{"generated": val, "pruned": val, "shipped": "generated" | "pruned"}`` once :meth:`release` ran."""
+        return dict(self.released.get(self._key(policy), {}))
+
     def plan(self, policy: Mapping[str, float]) -> Plan:
         """The plan of the model :meth:`release` shipped for ``policy`` (the PruningNet keeps each group's first
         units, the pruner its most important ones)."""

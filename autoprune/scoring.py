@@ -17,7 +17,7 @@ name evaluators, and its tests (``tests/test_scoring_contract.py`` runs the cont
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
@@ -61,4 +61,9 @@ class PolicyEvaluator(Protocol):
 
     def plan(self, policy: Mapping[str, float]) -> Plan:
         """The pruning plan of ``policy`` (what :func:`autoprune.model_io.save_pruned` stores)."""
+        ...
+
+    def release_choice(self, policy: Mapping[str, float]) -> dict[str, Any]:
+        """How :meth:`release` chose the model it returned for ``policy`` among several (each one's validation
+        accuracy and ``"shipped"``: which); empty when there was one. It goes into ``result.json`` and the report."""
         ...

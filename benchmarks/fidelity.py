@@ -8,11 +8,15 @@ model's test accuracy already measured) and scores each with more proxies a sear
   (``evaluation.kind: refit``);
 * ``finetune_k``: the plainly pruned candidate after ``k`` SGD steps on TRAIN, then adaptive BN.
 
-For each proxy and budget: Kendall's tau, Spearman's rho (``scipy.stats``) and the top-5 overlap with the
-shipped model's test accuracy, and the mean seconds per evaluation (one core).
+Two targets: the shipped model's test accuracy (measured with the policies), and with ``--finetuned-target``
+its test accuracy after the 1-epoch fine-tune users run (SGD, one-cycle lr 0.05, seed 0), which is what the
+policy is worth to a user who fine-tunes. For each proxy, target and budget: Kendall's tau, Spearman's rho
+(``scipy.stats``) and the top-5 overlap, and the mean seconds per evaluation (one core).
 
     python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40   # first: policies + targets
     python benchmarks/fidelity.py --steps 10 50
+    python benchmarks/fidelity.py --steps --finetuned-target --shard 0/2 &    # ~1-2 min per policy and core
+    python benchmarks/fidelity.py --steps --finetuned-target --shard 1/2
 
 Rows go to ``benchmarks/results/fidelity.jsonl`` (a rerun skips finished ones); the table to ``fidelity.md``.
 """
@@ -23,6 +27,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +41,11 @@ from autoprune.evaluation import Evaluator
 from autoprune.models.checkpoints import load_checkpoint, reference_checkpoint
 from autoprune.refit_evaluator import RefitEvaluator
 from autoprune.search_spaces import SearchSpace
+from autoprune.training import TrainConfig, accuracy, train
 
 RESULTS = Path(__file__).parent / "results"
 SOURCE, ROWS = RESULTS / "pruningnet.jsonl", RESULTS / "fidelity.jsonl"
+FINETUNED = "target:finetuned_test"  # the fine-tuned target's rows, among the proxies' rows
 EVALUATION = {"val_size": 2000, "bn_batches": 8, "batch_size": 64}
 
 
@@ -49,6 +56,8 @@ def _read(path: Path) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, nargs="*", default=[10, 50], help="fine-tune proxies (SGD steps)")
+    parser.add_argument("--finetuned-target", action="store_true", help="also the 1-epoch fine-tuned target")
+    parser.add_argument("--shard", default="0/1", help="K/N: only the policies whose position %% N == K")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -62,17 +71,36 @@ def main() -> None:
         for k in args.steps:
             proxies[f"finetune_{k}"] = Evaluator(model, space, finetune_steps=k, **common)
         done = {(r["index"], r["proxy"]) for r in _read(ROWS)}
-        for row in policies:
+        shard, shards = (int(x) for x in args.shard.split("/"))
+        for row in policies[shard::shards]:
+            if args.finetuned_target and (row["index"], FINETUNED) not in done:
+                _append(_finetuned_target(model, space, splits, row))
             for name, evaluator in proxies.items():
                 if (row["index"], name) in done:
                     continue
                 evaluator.budget = Budget(flops=row["budget"])
                 result = evaluator(row["policy"])
-                with ROWS.open("a") as f:
-                    f.write(json.dumps({"index": row["index"], "budget": row["budget"], "proxy": name,
-                                        "val": result.accuracy, "seconds": result.seconds["total"],
-                                        "command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:])}) + "\n")
+                _append({"index": row["index"], "budget": row["budget"], "proxy": name, "val": result.accuracy,
+                         "seconds": result.seconds["total"]})
     _write_markdown(policies, _read(ROWS))
+
+
+def _append(row: dict[str, Any]) -> None:
+    with ROWS.open("a") as f:  # one short line per write: shards running side by side do not interleave
+        f.write(json.dumps({**row, "command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:])}) + "\n")
+
+
+def _finetuned_target(model: torch.nn.Module, space: SearchSpace, splits: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """The shipped model of ``row``'s policy (as in ``benchmarks/pruningnet.py``) after the 1-epoch fine-tune."""
+    evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val,
+                          budget=Budget(flops=row["budget"]), path="exact", **EVALUATION)
+    start = time.perf_counter()
+    shipped = evaluator.release(row["policy"])
+    shipped_test = accuracy(shipped, splits.test)
+    torch.manual_seed(0)
+    train(shipped, splits.train, TrainConfig(epochs=1, max_lr=0.05, seed=0), show_progress=False)
+    return {"index": row["index"], "budget": row["budget"], "proxy": FINETUNED, "shipped_test": shipped_test,
+            "test": accuracy(shipped, splits.test), "seconds": time.perf_counter() - start}
 
 
 RANK_COLUMNS = ["| budget | proxy | policies | Kendall's τ | Spearman's ρ | top-5 overlap | s/eval |",
@@ -87,30 +115,43 @@ def rank_agreement(proxy: list[float], target: list[float], seconds: list[float]
 
 
 def _write_markdown(policies: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-    scores: dict[str, dict[int, tuple[float, float]]] = {}
+    scores: dict[str, dict[Any, tuple[float, float]]] = {}
     for p in policies:
         for kind, s in p["scores"].items():
             scores.setdefault(kind, {})[p["index"]] = (s["val"], s["seconds"])
     for r in rows:
-        scores.setdefault(r["proxy"], {})[r["index"]] = (r["val"], r["seconds"])
+        if r["proxy"] != FINETUNED:
+            scores.setdefault(r["proxy"], {})[r["index"]] = (r["val"], r["seconds"])
+    targets = {"the shipped model's test accuracy": {p["index"]: p["shipped_test"] for p in policies},
+               "test accuracy after the 1-epoch fine-tune": {r["index"]: r["test"] for r in rows
+                                                             if r["proxy"] == FINETUNED}}
     lines = ["# Proxy fidelity: ranking policies like the shipped model", "",
              "Reference ResNet-20 / Fashion-MNIST; random policies (uniform draws, filled to the budget by the shared "
-             "projection). Target: TEST accuracy of the model a run ships for the policy (pruned by `l2` importance, "
-             "refitted by least squares on 512 TRAIN images, BatchNorm on 8,192). Proxies score 2,000 validation "
-             "images after 8 BN batches. One core, while other benchmarks used the second one.", "",
+             "projection) and each budget's uniform policy. Targets: TEST accuracy of the model a run ships for the "
+             "policy (pruned by `l2` importance, refitted by least squares on 512 TRAIN images, BatchNorm on 8,192), "
+             "and of that model after a 1-epoch fine-tune (SGD, one-cycle lr 0.05, seed 0). Proxies score 2,000 "
+             "validation images after 8 BN batches. One core, while other benchmarks used the second one.", "",
              "Commands: `python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40` (policies, target, "
              "`adaptive_bn`, `pruningnet` after 1 epoch of PruningNet training), then "
-             "`python benchmarks/fidelity.py --steps 10 50` (the others).", "", *RANK_COLUMNS]
-    for budget in sorted({p["budget"] for p in policies}, reverse=True):
-        group = [p for p in policies if p["budget"] == budget]
-        for proxy in ("adaptive_bn", "refit", *sorted(k for k in scores if k.startswith("finetune_")), "pruningnet"):
-            have = [p for p in group if p["index"] in scores.get(proxy, {})]
-            if len(have) < 3:
-                continue
-            lines.append(f"| {budget:.0%} | {proxy} | {len(have)} | " + rank_agreement(
-                [scores[proxy][p["index"]][0] for p in have], [p["shipped_test"] for p in have],
-                [scores[proxy][p["index"]][1] for p in have]) + " |")
-    (RESULTS / "fidelity.md").write_text("\n".join(lines) + "\n")
+             "`python benchmarks/fidelity.py --steps 10 50` (the others), "
+             "`python benchmarks/fidelity.py --steps --finetuned-target` (the fine-tuned target); each row of "
+             "`fidelity.jsonl` and `pruningnet.jsonl` has its command.", ""]
+    for title, target in targets.items():
+        if not target:
+            continue
+        lines += [f"## Target: {title}", "", *RANK_COLUMNS]
+        for budget in sorted({p["budget"] for p in policies}, reverse=True):
+            group = [p for p in policies if p["budget"] == budget and p["index"] in target]
+            for proxy in ("adaptive_bn", "refit", *sorted(k for k in scores if k.startswith("finetune_")),
+                          "pruningnet"):
+                have = [p for p in group if p["index"] in scores.get(proxy, {})]
+                if len(have) < 3:
+                    continue
+                lines.append(f"| {budget:.0%} | {proxy} | {len(have)} | " + rank_agreement(
+                    [scores[proxy][p["index"]][0] for p in have], [target[p["index"]] for p in have],
+                    [scores[proxy][p["index"]][1] for p in have]) + " |")
+        lines.append("")
+    (RESULTS / "fidelity.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

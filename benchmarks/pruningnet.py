@@ -5,9 +5,10 @@ and rebuilding ``benchmarks/results/pruningnet.md``; everything single-threaded 
 
 * ``train``: PruningNet training time for a zoo model with a committed Fashion-MNIST checkpoint, and
   seconds per candidate evaluation of both evaluators on the same policies.
-* ``fidelity``: on ``--policies`` random policies filled to 50% and 30% FLOPs, each evaluator's validation
-  score, and the target: the test accuracy of the model a run ships (pruned by importance, refitted by
-  least squares, BN recalibrated); Kendall's tau and Spearman's rho of each proxy with it (``scipy.stats``).
+* ``fidelity``: on ``--policies`` random policies filled to ``--budgets`` (and with ``--uniform`` each
+  budget's uniform policy), each evaluator's validation score, and the target: the test accuracy of the
+  model a run ships (pruned by importance, refitted by least squares, BN recalibrated); Kendall's tau and
+  Spearman's rho of each proxy with it (``scipy.stats``).
 * ``search``: evolution with each evaluator at equal total wall time (the PruningNet's training counted
   against its search), per budget and seed; the shipped model's test accuracy without and after a
   fine-tune.
@@ -15,6 +16,8 @@ and rebuilding ``benchmarks/results/pruningnet.md``; everything single-threaded 
     python benchmarks/pruningnet.py train --model resnet20 --epochs 1
     python benchmarks/pruningnet.py train --model vit --epochs 1
     python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40
+    python benchmarks/pruningnet.py fidelity --model resnet20 --policies 20 --first-index 40 --budgets 0.2
+    python benchmarks/pruningnet.py fidelity --model resnet20 --policies 0 --budgets 0.5 0.3 0.2 --uniform
     python benchmarks/pruningnet.py search --model resnet20 --budgets 0.5 0.3 --seeds 0 1 2 --wall 600
 """
 
@@ -32,11 +35,11 @@ import numpy as np
 import torch
 from fidelity import RANK_COLUMNS, rank_agreement  # benchmarks/fidelity.py: run as python benchmarks/<name>.py
 
-from autoprune.budget import Budget, project
+from autoprune.budget import Budget, project, uniform_policy
 from autoprune.data import load_dataset
-from autoprune.evaluation import Evaluator
+from autoprune.evaluation import Evaluator, recalibrate_batchnorm
 from autoprune.models.checkpoints import load_checkpoint, reference_checkpoint
-from autoprune.pruningnet import PruningNet, load_pruningnet, train_pruningnet
+from autoprune.pruningnet import PruningNet, load_pruningnet, save_pruningnet, train_pruningnet
 from autoprune.pruningnet_evaluator import PruningNetEvaluator
 from autoprune.search import create_searcher
 from autoprune.search_spaces import SearchSpace
@@ -82,8 +85,6 @@ def _net(name: str, model: torch.nn.Module, splits: Any, space: SearchSpace, epo
     start = time.perf_counter()
     train_pruningnet(net, splits.train, steps=steps, batch_size=64, seed=0, checkpoint=path.with_suffix(".ckpt"))
     seconds = time.perf_counter() - start
-    from autoprune.pruningnet import save_pruningnet
-
     save_pruningnet(net, path, {"seconds": seconds, "steps": steps})
     return net.eval(), seconds
 
@@ -115,24 +116,33 @@ def part_train(args: argparse.Namespace) -> None:
              "s_per_candidate": per_candidate})
 
 
+def _fidelity_policies(args: argparse.Namespace, space: SearchSpace) -> list[tuple[int | str, float, Any]]:
+    """(index, FLOPs ratio, policy): random draws filled to the budget, the i-th at ``budgets[i % len]`` from
+    seed ``1000 + i`` (``--first-index`` adds policies without changing earlier ones), and with ``--uniform`` the
+    uniform policy of each budget."""
+    jobs: list[tuple[int | str, float, Any]] = []
+    for i in range(args.first_index, args.first_index + args.policies):
+        flops = args.budgets[i % len(args.budgets)]
+        jobs.append((i, flops, project(space, Budget(flops=flops), space.sample(np.random.default_rng(1000 + i)),
+                                       fill=True)))
+    if args.uniform:
+        jobs += [(f"uniform-{flops:g}", flops, uniform_policy(space, Budget(flops=flops))) for flops in args.budgets]
+    return jobs
+
+
 def part_fidelity(args: argparse.Namespace) -> None:
     model, splits, space = _setup(args.model)
     net, _ = _net(args.model, model, splits, space, args.epochs)
-    for i in range(args.policies):
-        flops = 0.5 if i % 2 == 0 else 0.3
+    for i, flops, policy in _fidelity_policies(args, space):
         if _done(part="fidelity", model=args.model, epochs=args.epochs, index=i):
             continue
-        budget = Budget(flops=flops)
-        policy = project(space, budget, space.sample(np.random.default_rng(1000 + i)), fill=True)
-        evaluators = _evaluators(model, splits, space, net, budget)
+        evaluators = _evaluators(model, splits, space, net, Budget(flops=flops))
         scores = {}
         for kind, ev in evaluators.items():
             result = ev(policy)
             scores[kind] = {"val": result.accuracy, "seconds": result.seconds["total"]}
         shipped = accuracy(evaluators["adaptive_bn"].release(policy), splits.test)
         generated = evaluators["pruningnet"].net.generate(policy)
-        from autoprune.evaluation import recalibrate_batchnorm
-
         recalibrate_batchnorm(generated, evaluators["pruningnet"].release_images(8192), 64)
         _append({"part": "fidelity", "model": args.model, "epochs": args.epochs, "index": i, "budget": flops,
                  "policy": policy.to_dict(), "scores": scores, "shipped_test": shipped,
@@ -192,7 +202,7 @@ def _write_markdown() -> None:
                      f"{s['adaptive_bn']:.2f} | {s['pruningnet']:.2f} |")
     fid = [r for r in rows if r["part"] == "fidelity"]
     if fid:
-        lines += ["", f"## Ranking fidelity ({len(fid)} random policies filled to 50% and 30% FLOPs)", "",
+        lines += ["", f"## Ranking fidelity ({len(fid)} policies: random ones filled to the budget, and uniform)", "",
                   "Target: test accuracy of the model a run ships for the policy (the trained model pruned by "
                   "importance, refitted by least squares, BN recalibrated). Per budget: pooled, the budget alone "
                   "would rank them. More proxies on the same policies: `fidelity.md`.", "", *RANK_COLUMNS]
@@ -230,7 +240,9 @@ def main() -> None:
     parser.add_argument("part", choices=["train", "fidelity", "search", "table"])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--epochs", type=float, default=1.0, help="PruningNet training epochs")
-    parser.add_argument("--policies", type=int, default=40)
+    parser.add_argument("--policies", type=int, default=40, help="fidelity: random policies")
+    parser.add_argument("--first-index", type=int, default=0, help="fidelity: index (and seed - 1000) of the first")
+    parser.add_argument("--uniform", action="store_true", help="fidelity: also each budget's uniform policy")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--wall", type=float, default=600.0, help="seconds per search, PruningNet training included")
