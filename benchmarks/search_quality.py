@@ -1,10 +1,13 @@
-"""Search-quality benchmark: backends compared on the reference ResNet-20 / Fashion-MNIST.
+"""Search-quality benchmark: backends compared on a reference Fashion-MNIST model (``--model``: ResNet-20,
+or another model with a committed checkpoint).
 
 For each budget (fraction of dense FLOPs), backend and seed: a search with the same number of
 evaluations (adaptive-BN accuracy on the first ``--val-size`` validation images, carved from
 TRAIN), then the best policy is pruned physically, its FLOPs counted, its BatchNorm recalibrated
 and its accuracy measured on the 10k TEST split, before and after a ``--finetune-epochs`` fine-tune.
-Also: evaluations per second and the fraction of wall time spent outside the forward passes.
+Also: evaluations per second, the fraction of wall time spent outside the forward passes, and the shipped
+model's measured speed-up over the dense one (torch, batch 1, one thread). ``--evaluation refit`` ranks
+policies by the refitted candidate (``evaluation.kind: refit``) instead of the plainly pruned one.
 
     python benchmarks/search_quality.py --backends uniform random ddpg tpe evolution \\
         --seeds 0 1 2 --budgets 0.5 0.3 --evaluations 300 --jobs 15 --device cuda
@@ -38,6 +41,8 @@ from autoprune.budget import Budget
 from autoprune.costs import count_costs
 from autoprune.evaluation import Evaluator, recalibrate_batchnorm
 from autoprune.importance import IMPORTANCE_NAMES
+from autoprune.latency import make_runner, measure
+from autoprune.refit_evaluator import RefitEvaluator
 from autoprune.search import create_searcher
 from autoprune.search_spaces import Policy
 from autoprune.training import TrainConfig, accuracy, train
@@ -47,7 +52,9 @@ REPAIRING = {"random", "evolution", "tpe"}  # the backends whose policies go thr
 FILLING = {"random", "evolution"}  # of those, the ones that fill policies under budget by default
 # The settings a row was searched under, with the defaults that rows recorded before a setting existed used.
 # Rows with other values are tabled apart, labelled by how they differ.
-SETTINGS = {"importance": "l2", "val_size": 2000, "bn_batches": 8, "max_ratio": 0.8, "checkpoint": None}
+SETTINGS = {"importance": "l2", "val_size": 2000, "bn_batches": 8, "max_ratio": 0.8, "checkpoint": None,
+            "model": "resnet20", "evaluation": "adaptive_bn"}
+EVALUATORS = {"adaptive_bn": Evaluator, "refit": RefitEvaluator}
 # budget, backend, seed, fills, then the SETTINGS values in order
 RowKey = tuple
 
@@ -62,9 +69,9 @@ def _exit_with_parent() -> None:
 def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> dict:
     """One search and the test-split measurements of its best policy (runs in its own process)."""
     torch.set_num_threads(1)
-    model, splits, space = reference_setup(args.max_ratio, args.checkpoint)
+    model, splits, space = reference_setup(args.max_ratio, args.checkpoint, args.model)
     budget = Budget(flops=flops)
-    evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val, budget=budget,
+    evaluator = EVALUATORS[args.evaluation](model, space, train_data=splits.train, val_data=splits.val, budget=budget,
                           val_size=args.val_size, bn_batches=args.bn_batches, path="exact", seed=seed,
                           device=args.device, importance=args.importance)
     if len(evaluator.val) < args.val_size:  # the Evaluator takes what there is; the row must say what was asked
@@ -88,7 +95,10 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
     recalibrate_batchnorm(pruned, evaluator.bn_inputs, evaluator.batch_size)
     test = accuracy(pruned, splits.test)
     test_release = accuracy(evaluator.release(best.policy, reconstruct=False).to(args.device), splits.test)
-    test_reconstructed = accuracy(evaluator.release(best.policy).to(args.device), splits.test)
+    shipped = evaluator.release(best.policy)
+    x = splits.tensor_inputs(1)
+    seconds = measure({"dense": make_runner(model, x), "shipped": make_runner(shipped, x)}, repeats=30)
+    test_reconstructed = accuracy(shipped.to(args.device), splits.test)
     torch.manual_seed(seed)
     train(pruned, splits.train, TrainConfig(epochs=args.finetune_epochs, max_lr=args.finetune_lr, seed=seed),
           show_progress=False)
@@ -100,7 +110,7 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
             "failed": sum(r.failed is not None for r in results), "wall_s": wall,
             "evals_per_s": len(results) / wall, "outside_forward": 1 - forward / wall,
             "best_val": best.accuracy, "best_test": test, "best_test_release": test_release,
-            "best_test_reconstructed": test_reconstructed,
+            "best_test_reconstructed": test_reconstructed, "speedup_torch": seconds["dense"] / seconds["shipped"],
             "val_test_gap": best.accuracy - test,
             "best_test_finetuned": accuracy(pruned, splits.test), "counted_flops_ratio": counted.macs /
             space.dense_costs.macs, "meets_budget": counted.macs <= flops * space.dense_costs.macs,
@@ -197,6 +207,8 @@ def row_label(row: dict) -> str:
         notes.append(f"ratios ≤ {_setting(row, 'max_ratio'):g}")
     if _setting(row, "checkpoint") != SETTINGS["checkpoint"]:
         notes.append(f"model {Path(_setting(row, 'checkpoint')).stem}")
+    if _setting(row, "evaluation") != SETTINGS["evaluation"]:
+        notes.append(f"ranked by {_setting(row, 'evaluation')}")
     return row["backend"] + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -252,12 +264,51 @@ def write_markdown(rows: list[dict], path: Path) -> None:
                 "(validation 90.0%).", ""] if meta_path is None else []),
              "Ran on: " + "; ".join(sorted({f"{r.get('device', 'CPU')}, torch {r.get('torch', '?')}" for r in rows})),
              "",
-             "| budget | backend | seeds | evals | steps | val (search) | test (no FT) | test, release BN (no FT) "
-             "| test, reconstructed (no FT) | test after FT | val - test | evals/s | overhead | budget met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             *_verdict(rows)]
+    for model in sorted({_setting(r, "model") for r in rows}, key=lambda m: (m != SETTINGS["model"], m)):
+        lines += [f"## {model}", "", *_table([r for r in rows if _setting(r, "model") == model]), ""]
+    path.write_text("\n".join(lines))
+
+
+def _verdict(rows: list[dict]) -> list[str]:
+    """Per model, budget and ranking evaluator (other settings at their defaults): the best backend's mean test
+    accuracy minus uniform's and random's, on the shipped (reconstructed) model and after the fine-tune."""
+    other = [n for n in SETTINGS if n not in ("model", "evaluation")]
+    rows = [r for r in rows if all(_setting(r, n) == SETTINGS[n] for n in other) and _fills(r) == (
+        r["backend"] in FILLING) and "best_test_reconstructed" in r]
+    lines = ["## Verdict: what the search buys over uniform and random pruning", "",
+             "3-seed means of the rows below at default settings. Shipped: the reconstructed model's test accuracy "
+             "(no fine-tune); FT: after the fine-tune. *Best*: the non-uniform backend with the best shipped mean.", "",
+             "| model | FLOPs | ranked by | best | best − uniform, shipped | best − random, shipped "
+             "| best − uniform, FT | best − random, FT |", "|---|---|---|---|---|---|---|---|"]
+    cells = sorted({(_setting(r, "model"), r["budget"], _setting(r, "evaluation")) for r in rows},
+                   key=lambda c: (c[0] != SETTINGS["model"], c[0], -c[1], c[2]))
+    for model, budget, evaluation in cells:
+        mean: dict[str, tuple[float, float]] = {}
+        for backend in {r["backend"] for r in rows}:
+            rs = [r for r in rows if (_setting(r, "model"), r["budget"], _setting(r, "evaluation"), r["backend"])
+                  == (model, budget, evaluation, backend)]
+            if rs:
+                mean[backend] = (statistics.mean(r["best_test_reconstructed"] for r in rs),
+                                 statistics.mean(r["best_test_finetuned"] for r in rs))
+        learned = {b: m for b, m in mean.items() if b != "uniform"}
+        if not learned:
+            continue
+        best = max(learned, key=lambda b: learned[b][0])
+        gains = [f"{100 * (mean[best][i] - mean[base][i]):+.2f}" if base in mean else "–"
+                 for i in (0, 1) for base in ("uniform", "random")]
+        lines.append(f"| {model} | {budget:.0%} | {evaluation} | {best} | " + " | ".join(gains) + " |")
+    return [*lines, ""]
+
+
+def _table(rows: list[dict]) -> list[str]:
+    lines = ["| budget | backend | seeds | evals | steps | val (search) | test (no FT) | test, release BN (no FT) "
+             "| test, reconstructed (no FT) | test after FT | val - test | evals/s | overhead | budget met "
+             "| speed-up (torch) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["budget"], row_label(r)) for r in rows}, key=lambda k: (-k[0], k[1]))
     for budget, backend in keys:
         rs = [r for r in rows if r["budget"] == budget and row_label(r) == backend]
+        speedups = [r["speedup_torch"] for r in rs if "speedup_torch" in r]
         lines.append(
             f"| {budget:.0%} FLOPs | {backend} | {len(rs)} | {_span([r['evaluations'] for r in rs])} "
             f"| {_span([r['steps'] for r in rs if 'steps' in r]) or '-'} "
@@ -268,8 +319,9 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             f"| {statistics.mean(r['val_test_gap'] for r in rs):+.2%} "
             f"| {statistics.mean(r['evals_per_s'] for r in rs):.2f} "
             f"| {statistics.mean(r['outside_forward'] for r in rs):.1%} "
-            f"| {sum(r['meets_budget'] and r['all_feasible'] for r in rs)}/{len(rs)} |")
-    path.write_text("\n".join(lines) + "\n")
+            f"| {sum(r['meets_budget'] and r['all_feasible'] for r in rs)}/{len(rs)} "
+            f"| {f'{statistics.mean(speedups):.2f}×' if speedups else '-'} |")
+    return lines
 
 
 def main() -> None:
@@ -287,6 +339,11 @@ def main() -> None:
                         help="the pruner's channel-ranking criterion (rows of other criteria are tabled apart)")
     parser.add_argument("--max-ratio", type=float, default=SETTINGS["max_ratio"],
                         help="the most of any group a policy may prune (other bounds are tabled apart)")
+    parser.add_argument("--model", default=SETTINGS["model"], help="the committed Fashion-MNIST checkpoint to prune "
+                        "(tabled apart)")
+    parser.add_argument("--evaluation", default=SETTINGS["evaluation"], choices=sorted(EVALUATORS),
+                        help="what a search ranks policies by: the plainly pruned candidate after BN recalibration, "
+                             "or the candidate refitted by least squares (other kinds are tabled apart)")
     parser.add_argument("--checkpoint", default=SETTINGS["checkpoint"],
                         help="another trained ResNet-20 / Fashion-MNIST checkpoint instead of the committed "
                              "reference (rows are tabled apart)")
