@@ -109,3 +109,5 @@ def test_release_ships_a_pruned_model_its_plan_rebuilds(evaluator):
     assert count_costs(shipped, x) == costs
     rebuilt = apply_plan(copy.deepcopy(evaluator.model), evaluator.plan(policy))
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in shipped.parameters()]
+    choice = evaluator.release_choice(policy)  # empty, or the candidates' scores and the best one shipped
+    assert choice == {} or choice[choice["shipped"]] == max(v for k, v in choice.items() if k != "shipped")
