@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from reference import reference_setup  # benchmarks/reference.py: run as python benchmarks/<name>.py
 
-from autoprune.budget import Budget, project, uniform_policy
+from autoprune.budget import Budget, InfeasibleBudgetError, check_feasible, project, uniform_policy
 from autoprune.latency import make_runner, measure
 from autoprune.search_spaces import SearchSpace
 
@@ -54,6 +54,12 @@ def main() -> None:
             space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8), round_to=round_to or None)
             for flops in args.budgets:
                 budget = Budget(flops=flops)
+                try:
+                    check_feasible(space, budget)
+                except InfeasibleBudgetError as e:  # e.g. 16-channel layers cannot go below 16 channels
+                    if (round_to, flops, "infeasible") not in done:
+                        _append({"round_to": round_to, "budget": flops, "policy": "infeasible", "why": str(e)})
+                    continue
                 policies = {"uniform": uniform_policy(space, budget)}
                 for i in range(args.policies):
                     policies[f"random-{i}"] = project(space, budget, space.sample(np.random.default_rng(i)), fill=True)
@@ -66,28 +72,35 @@ def main() -> None:
                         runners = {"dense": make_runner(model, x, rt), "pruned": make_runner(shaped, x, rt)}
                         t = measure(runners, repeats=30)
                         ratios[rt] = t["pruned"] / t["dense"]
-                    row = {"round_to": round_to, "budget": flops, "policy": name,
-                           "flops_ratio": space.costs(policy).macs / space.dense_costs.macs, "latency_ratio": ratios,
-                           "keep": space.keep_units(policy).tolist(), "torch": torch.__version__,
-                           "command": "python benchmarks/channel_multiple.py " + " ".join(sys.argv[1:])}
-                    with ROWS.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    _append({"round_to": round_to, "budget": flops, "policy": name,
+                             "flops_ratio": space.costs(policy).macs / space.dense_costs.macs, "latency_ratio": ratios,
+                             "keep": space.keep_units(policy).tolist(), "torch": torch.__version__})
                     print(f"round_to {round_to} {flops:.0%} {name}: " + ", ".join(
                         f"{rt} {r:.1%}" for rt, r in ratios.items()), flush=True)
     _write_markdown(_read())
+
+
+def _append(row: dict[str, Any]) -> None:
+    command = "python benchmarks/channel_multiple.py " + " ".join(sys.argv[1:])
+    with ROWS.open("a") as f:
+        f.write(json.dumps({**row, "command": command}) + "\n")
 
 
 def _write_markdown(rows: list[dict[str, Any]]) -> None:
     lines = ["# Channel multiples: pruned latency as a fraction of dense", "",
              "Reference ResNet-20 / Fashion-MNIST, batch 1, one thread, pruned and dense timed interleaved (median of "
              "30). Per `round_to` and budget: the uniform policy and random policies filled to the budget. Latency "
-             "ratio < 100%: the pruned model is faster. Commands: each row of `channel_multiple.jsonl`.", "",
+             "ratio < 100%: the pruned model is faster. Measured with the machine's other benchmarks paused (SIGSTOP). "
+             "Commands: each row of `channel_multiple.jsonl`.", "",
              "| round_to | FLOPs budget | policies | FLOPs ratio | torch: uniform | torch: random, median (range) "
              "| onnxruntime: uniform | onnxruntime: random, median (range) |", "|---|---|---|---|---|---|---|---|"]
     for round_to in sorted({r["round_to"] for r in rows}):
         for budget in sorted({r["budget"] for r in rows}, reverse=True):
             rs = [r for r in rows if (r["round_to"], r["budget"]) == (round_to, budget)]
-            if not rs:
+            if rs and rs[0]["policy"] == "infeasible":
+                lines.append(f"| {round_to or 'none'} | {budget:.0%} | 0 | unreachable: the smallest multiple kept "
+                             "in every group leaves more FLOPs | | | | |")
+            if not rs or rs[0]["policy"] == "infeasible":
                 continue
             cells = []
             for runtime in RUNTIMES:
