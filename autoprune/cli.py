@@ -55,7 +55,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "model": {"name": "resnet20"},
         "data": {"name": "fashion_mnist", "val_size": 5000},  # the checkpoint's own held-out images
         "budget": {"flops": args.flops},
-        "pruner": {"importance": "l2", "bounds": [0.0, 0.8]},
+        # multiples of 8 channels: faster than dense on torch and onnxruntime (benchmarks/results/channel_multiple.md)
+        "pruner": {"importance": "l2", "bounds": [0.0, 0.8], "round_to": 8},
         "search": {"backend": "tpe", "evaluations": args.evaluations, "options": {"n_startup_trials": 10}},
         "evaluation": {"val_size": args.val_size, "bn_batches": args.bn_batches},
         "seed": args.seed, "threads": args.threads})

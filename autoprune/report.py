@@ -192,7 +192,9 @@ def _summary_rows(run: RunContents, latency: dict[str, Any], finetune: dict[str,
     for runtime, label in (("torch", "latency, torch (batch 1, 1 thread)"),
                            ("onnxruntime", "latency, onnxruntime (batch 1, 1 thread)")):
         t = latency[runtime]
-        rows.append([label, f"{t['dense']:.3f} ms", f"{t['pruned']:.3f} ms", ratio(t["pruned"], t["dense"])])
+        speed = t["dense"] / t["pruned"]  # next to the FLOPs ratio: what the FLOPs saved buy in time
+        rows.append([label, f"{t['dense']:.3f} ms", f"{t['pruned']:.3f} ms",
+                     ratio(t["pruned"], t["dense"]) + f" ({speed:.2f}× {'faster' if speed >= 1 else 'as fast'})"])
     rows.append(["validation accuracy (adaptive BN)", f"{d['val_accuracy']:.2%}", f"{p['val_accuracy']:.2%}", ""])
     choice = s.get("release_choice") or {}  # the evaluator had several models to ship: each one's score
     for name, val in ((k, v) for k, v in choice.items() if k != "shipped"):

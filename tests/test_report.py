@@ -41,6 +41,9 @@ def test_report_is_one_self_contained_file_with_its_figures(run_dir):
         assert text in page, text
     latency = json.loads((run_dir / "latency.json").read_text())
     assert all(latency[rt][m] > 0 for rt in ("torch", "onnxruntime") for m in ("dense", "pruned"))
+    for rt in ("torch", "onnxruntime"):  # the measured speed-up stands next to the FLOPs ratio
+        speed = latency[rt]["dense"] / latency[rt]["pruned"]
+        assert f"({speed:.2f}× {'faster' if speed >= 1 else 'as fast'})" in page
 
 
 def test_finetune_then_export_then_report(run_dir, capsys):
