@@ -103,14 +103,29 @@ def _finetuned_target(model: torch.nn.Module, space: SearchSpace, splits: Any, r
             "test": accuracy(shipped, splits.test), "seconds": time.perf_counter() - start}
 
 
-RANK_COLUMNS = ["| budget | proxy | policies | Kendall's τ | Spearman's ρ | top-5 overlap | s/eval |",
-                "|---|---|---|---|---|---|---|"]
+RANK_COLUMNS = ["| budget | proxy | policies | Kendall's τ | τ, 90% bootstrap interval | Spearman's ρ | top-5 overlap "
+                "| s/eval |", "|---|---|---|---|---|---|---|---|"]
+
+
+def bootstrap_tau(proxies: list[list[float]], target: list[float], resamples: int = 2000) -> np.ndarray:
+    """Kendall's tau of each proxy with ``target`` on ``resamples`` resamplings of the policies (the same
+    resamplings for every proxy, so differences between proxies are paired), shape (resamples, proxies)."""
+    rng = np.random.default_rng(0)
+    x, y = np.asarray(proxies, dtype=float), np.asarray(target, dtype=float)
+    taus = np.empty((resamples, len(x)))
+    for b in range(resamples):
+        i = rng.integers(0, len(y), len(y))
+        taus[b] = [stats.kendalltau(p[i], y[i])[0] for p in x]
+    return taus
 
 
 def rank_agreement(proxy: list[float], target: list[float], seconds: list[float]) -> str:
-    """Table cells: Kendall's tau, Spearman's rho, top-5 overlap of ``proxy`` with ``target``, mean seconds."""
+    """Table cells: Kendall's tau (and its 90% bootstrap interval), Spearman's rho, top-5 overlap of ``proxy``
+    with ``target``, mean seconds."""
     top = len(set(np.argsort(target)[-5:]) & set(np.argsort(proxy)[-5:]))
-    return (f"{stats.kendalltau(proxy, target)[0]:.3f} | {stats.spearmanr(proxy, target)[0]:.3f} | {top}/5 | "
+    low, high = np.nanpercentile(bootstrap_tau([proxy], target)[:, 0], [5, 95])
+    rho = stats.spearmanr(proxy, target)[0]
+    return (f"{stats.kendalltau(proxy, target)[0]:.3f} | [{low:.2f}, {high:.2f}] | {rho:.3f} | {top}/5 | "
             f"{statistics.mean(seconds):.2f}")
 
 
@@ -150,6 +165,22 @@ def _write_markdown(policies: list[dict[str, Any]], rows: list[dict[str, Any]]) 
                 lines.append(f"| {budget:.0%} | {proxy} | {len(have)} | " + rank_agreement(
                     [scores[proxy][p["index"]][0] for p in have], [target[p["index"]] for p in have],
                     [scores[proxy][p["index"]][1] for p in have]) + " |")
+        lines += ["", "Paired difference in τ against `adaptive_bn` (same bootstrap resamplings of the policies; "
+                  "an interval that contains 0: the data cannot tell the two proxies apart):", "",
+                  "| budget | proxy | τ − τ(adaptive_bn) | 90% interval |", "|---|---|---|---|"]
+        for budget in sorted({p["budget"] for p in policies}, reverse=True):
+            group = [p for p in policies if p["budget"] == budget and p["index"] in target
+                     and all(p["index"] in scores.get(k, {}) for k in ("adaptive_bn", "refit", "finetune_50"))]
+            if len(group) < 3:
+                continue
+            names = ["adaptive_bn", "refit", "finetune_50"]
+            y = [target[p["index"]] for p in group]
+            xs = [[scores[k][p["index"]][0] for p in group] for k in names]
+            taus = bootstrap_tau(xs, y)
+            point = [stats.kendalltau(x, y)[0] for x in xs]
+            for j, name in enumerate(names[1:], start=1):
+                low, high = np.nanpercentile(taus[:, j] - taus[:, 0], [5, 95])
+                lines.append(f"| {budget:.0%} | {name} | {point[j] - point[0]:+.3f} | [{low:+.2f}, {high:+.2f}] |")
         lines.append("")
     (RESULTS / "fidelity.md").write_text("\n".join(lines))
 
