@@ -1,8 +1,9 @@
 """Proxy fidelity: which score, computed during a search, ranks policies like the model a user ships?
 
-Takes the policies of ``benchmarks/pruningnet.py fidelity`` (random policies filled to 50% and 30% FLOPs
-on the reference ResNet-20 / Fashion-MNIST, with the adaptive-BN and PruningNet scores and the shipped
-model's test accuracy already measured) and scores each with more proxies a search could rank by:
+Takes the policies of ``benchmarks/pruningnet.py fidelity`` for ``--model`` (random policies filled to the
+budgets and the uniform ones, on a reference Fashion-MNIST checkpoint, with the adaptive-BN (and PruningNet)
+scores and the shipped model's test accuracy already measured) and scores each with more proxies a search
+could rank by:
 
 * ``refit``: the candidate refitted by least squares in one pass on 256 TRAIN images, then adaptive BN
   (``evaluation.kind: refit``);
@@ -10,13 +11,15 @@ model's test accuracy already measured) and scores each with more proxies a sear
 
 Two targets: the shipped model's test accuracy (measured with the policies), and with ``--finetuned-target``
 its test accuracy after the 1-epoch fine-tune users run (SGD, one-cycle lr 0.05, seed 0), which is what the
-policy is worth to a user who fine-tunes. For each proxy, target and budget: Kendall's tau, Spearman's rho
-(``scipy.stats``) and the top-5 overlap, and the mean seconds per evaluation (one core).
+policy is worth to a user who fine-tunes. For each proxy, target and budget: Kendall's tau with a 90%
+bootstrap interval, Spearman's rho (``scipy.stats``), the top-5 overlap, the mean seconds per evaluation
+(one core), and the paired tau difference of each proxy with adaptive BN.
 
     python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40   # first: policies + targets
     python benchmarks/fidelity.py --steps 10 50
     python benchmarks/fidelity.py --steps --finetuned-target --shard 0/2 &    # ~1-2 min per policy and core
     python benchmarks/fidelity.py --steps --finetuned-target --shard 1/2
+    python benchmarks/fidelity.py --model resnet56 --steps 10 50           # after pruningnet.py fidelity for it
 
 Rows go to ``benchmarks/results/fidelity.jsonl`` (a rerun skips finished ones); the table to ``fidelity.md``.
 """
@@ -58,19 +61,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="*", default=[10, 50], help="fine-tune proxies (SGD steps)")
     parser.add_argument("--finetuned-target", action="store_true", help="also the 1-epoch fine-tuned target")
     parser.add_argument("--shard", default="0/1", help="K/N: only the policies whose position %% N == K")
+    parser.add_argument("--model", default="resnet20", help="whose policies (benchmarks/pruningnet.py fidelity made)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    policies = [r for r in _read(SOURCE) if r["part"] == "fidelity" and r["model"] == "resnet20"]
+    every = [r for r in _read(SOURCE) if r["part"] == "fidelity"]
     if not args.table_only:
-        model, meta = load_checkpoint(reference_checkpoint("resnet20", "fashion_mnist"))
+        policies = [r for r in every if r["model"] == args.model]
+        model, meta = load_checkpoint(reference_checkpoint(args.model, "fashion_mnist"))
         splits = load_dataset("fashion_mnist", val_size=meta["val_size"], seed=meta["split_seed"])
         space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8))
         common = dict(train_data=splits.train, val_data=splits.val, **EVALUATION)
         proxies: dict[str, Evaluator] = {"refit": RefitEvaluator(model, space, **common)}
         for k in args.steps:
             proxies[f"finetune_{k}"] = Evaluator(model, space, finetune_steps=k, **common)
-        done = {(r["index"], r["proxy"]) for r in _read(ROWS)}
+        done = {(r["index"], r["proxy"]) for r in _read(ROWS) if _model(r) == args.model}
         shard, shards = (int(x) for x in args.shard.split("/"))
         for row in policies[shard::shards]:
             if args.finetuned_target and (row["index"], FINETUNED) not in done:
@@ -80,9 +85,13 @@ def main() -> None:
                     continue
                 evaluator.budget = Budget(flops=row["budget"])
                 result = evaluator(row["policy"])
-                _append({"index": row["index"], "budget": row["budget"], "proxy": name, "val": result.accuracy,
-                         "seconds": result.seconds["total"]})
-    _write_markdown(policies, _read(ROWS))
+                _append({"model": args.model, "index": row["index"], "budget": row["budget"], "proxy": name,
+                         "val": result.accuracy, "seconds": result.seconds["total"]})
+    _write_markdown(every, _read(ROWS))
+
+
+def _model(row: dict[str, Any]) -> str:
+    return row.get("model", "resnet20")  # rows from before other models were studied
 
 
 def _append(row: dict[str, Any]) -> None:
@@ -99,7 +108,8 @@ def _finetuned_target(model: torch.nn.Module, space: SearchSpace, splits: Any, r
     shipped_test = accuracy(shipped, splits.test)
     torch.manual_seed(0)
     train(shipped, splits.train, TrainConfig(epochs=1, max_lr=0.05, seed=0), show_progress=False)
-    return {"index": row["index"], "budget": row["budget"], "proxy": FINETUNED, "shipped_test": shipped_test,
+    return {"model": row["model"], "index": row["index"], "budget": row["budget"], "proxy": FINETUNED,
+            "shipped_test": shipped_test,
             "test": accuracy(shipped, splits.test), "seconds": time.perf_counter() - start}
 
 
@@ -130,6 +140,24 @@ def rank_agreement(proxy: list[float], target: list[float], seconds: list[float]
 
 
 def _write_markdown(policies: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    lines = ["# Proxy fidelity: ranking policies like the shipped model", "",
+             "Reference Fashion-MNIST checkpoints; random policies (uniform draws, filled to the budget by the shared "
+             "projection) and each budget's uniform policy. Targets: TEST accuracy of the model a run ships for the "
+             "policy (pruned by `l2` importance, refitted by least squares on 512 TRAIN images, BatchNorm on 8,192), "
+             "and of that model after a 1-epoch fine-tune (SGD, one-cycle lr 0.05, seed 0). Proxies score 2,000 "
+             "validation images after 8 BN batches. One core, while other benchmarks used the second one.", "",
+             "Commands: `python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40` (policies, target, "
+             "`adaptive_bn`, `pruningnet` after 1 epoch of PruningNet training), then "
+             "`python benchmarks/fidelity.py --steps 10 50` (the others), "
+             "`python benchmarks/fidelity.py --steps --finetuned-target` (the fine-tuned target); each row of "
+             "`fidelity.jsonl` and `pruningnet.jsonl` has its command.", ""]
+    for model in sorted({p["model"] for p in policies}, key=lambda m: (m != "resnet20", m)):
+        lines += _model_sections(model, [p for p in policies if p["model"] == model],
+                                 [r for r in rows if _model(r) == model])
+    (RESULTS / "fidelity.md").write_text("\n".join(lines))
+
+
+def _model_sections(model: str, policies: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
     scores: dict[str, dict[Any, tuple[float, float]]] = {}
     for p in policies:
         for kind, s in p["scores"].items():
@@ -140,21 +168,11 @@ def _write_markdown(policies: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     targets = {"the shipped model's test accuracy": {p["index"]: p["shipped_test"] for p in policies},
                "test accuracy after the 1-epoch fine-tune": {r["index"]: r["test"] for r in rows
                                                              if r["proxy"] == FINETUNED}}
-    lines = ["# Proxy fidelity: ranking policies like the shipped model", "",
-             "Reference ResNet-20 / Fashion-MNIST; random policies (uniform draws, filled to the budget by the shared "
-             "projection) and each budget's uniform policy. Targets: TEST accuracy of the model a run ships for the "
-             "policy (pruned by `l2` importance, refitted by least squares on 512 TRAIN images, BatchNorm on 8,192), "
-             "and of that model after a 1-epoch fine-tune (SGD, one-cycle lr 0.05, seed 0). Proxies score 2,000 "
-             "validation images after 8 BN batches. One core, while other benchmarks used the second one.", "",
-             "Commands: `python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40` (policies, target, "
-             "`adaptive_bn`, `pruningnet` after 1 epoch of PruningNet training), then "
-             "`python benchmarks/fidelity.py --steps 10 50` (the others), "
-             "`python benchmarks/fidelity.py --steps --finetuned-target` (the fine-tuned target); each row of "
-             "`fidelity.jsonl` and `pruningnet.jsonl` has its command.", ""]
+    lines = []
     for title, target in targets.items():
         if not target:
             continue
-        lines += [f"## Target: {title}", "", *RANK_COLUMNS]
+        lines += [f"## {model} — target: {title}", "", *RANK_COLUMNS]
         for budget in sorted({p["budget"] for p in policies}, reverse=True):
             group = [p for p in policies if p["budget"] == budget and p["index"] in target]
             for proxy in ("adaptive_bn", "refit", *sorted(k for k in scores if k.startswith("finetune_")),
@@ -182,7 +200,7 @@ def _write_markdown(policies: list[dict[str, Any]], rows: list[dict[str, Any]]) 
                 low, high = np.nanpercentile(taus[:, j] - taus[:, 0], [5, 95])
                 lines.append(f"| {budget:.0%} | {name} | {point[j] - point[0]:+.3f} | [{low:+.2f}, {high:+.2f}] |")
         lines.append("")
-    (RESULTS / "fidelity.md").write_text("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ and rebuilding ``benchmarks/results/pruningnet.md``; everything single-threaded 
     python benchmarks/pruningnet.py fidelity --model resnet20 --policies 40
     python benchmarks/pruningnet.py fidelity --model resnet20 --policies 20 --first-index 40 --budgets 0.2
     python benchmarks/pruningnet.py fidelity --model resnet20 --policies 0 --budgets 0.5 0.3 0.2 --uniform
+    python benchmarks/pruningnet.py fidelity --model resnet56 --policies 40 --budgets 0.3 0.2 --uniform \
+        --kinds adaptive_bn    # policies and targets for benchmarks/fidelity.py, no PruningNet
     python benchmarks/pruningnet.py search --model resnet20 --budgets 0.5 0.3 --seeds 0 1 2 --wall 600
 """
 
@@ -89,11 +91,14 @@ def _net(name: str, model: torch.nn.Module, splits: Any, space: SearchSpace, epo
     return net.eval(), seconds
 
 
-def _evaluators(model: torch.nn.Module, splits: Any, space: SearchSpace, net: PruningNet, budget: Budget,
+def _evaluators(model: torch.nn.Module, splits: Any, space: SearchSpace, net: PruningNet | None, budget: Budget,
                 seed: int = 0) -> dict[str, Evaluator]:
+    """The adaptive-BN evaluator, and the PruningNet's when there is a net."""
     common = dict(train_data=splits.train, val_data=splits.val, budget=budget, seed=seed, **EVALUATION)
-    return {"adaptive_bn": Evaluator(model, space, path="exact", **common),
-            "pruningnet": PruningNetEvaluator(net, model, space, **common)}
+    evaluators = {"adaptive_bn": Evaluator(model, space, path="exact", **common)}
+    if net is not None:
+        evaluators["pruningnet"] = PruningNetEvaluator(net, model, space, **common)
+    return evaluators
 
 
 def part_train(args: argparse.Namespace) -> None:
@@ -132,7 +137,8 @@ def _fidelity_policies(args: argparse.Namespace, space: SearchSpace) -> list[tup
 
 def part_fidelity(args: argparse.Namespace) -> None:
     model, splits, space = _setup(args.model)
-    net, _ = _net(args.model, model, splits, space, args.epochs)
+    # without the PruningNet (--kinds adaptive_bn): the policies and targets for benchmarks/fidelity.py alone
+    net = _net(args.model, model, splits, space, args.epochs)[0] if "pruningnet" in args.kinds else None
     for i, flops, policy in _fidelity_policies(args, space):
         if _done(part="fidelity", model=args.model, epochs=args.epochs, index=i):
             continue
@@ -141,12 +147,14 @@ def part_fidelity(args: argparse.Namespace) -> None:
         for kind, ev in evaluators.items():
             result = ev(policy)
             scores[kind] = {"val": result.accuracy, "seconds": result.seconds["total"]}
-        shipped = accuracy(evaluators["adaptive_bn"].release(policy), splits.test)
-        generated = evaluators["pruningnet"].net.generate(policy)
-        recalibrate_batchnorm(generated, evaluators["pruningnet"].release_images(8192), 64)
-        _append({"part": "fidelity", "model": args.model, "epochs": args.epochs, "index": i, "budget": flops,
-                 "policy": policy.to_dict(), "scores": scores, "shipped_test": shipped,
-                 "generated_test": accuracy(generated, splits.test)})
+        row = {"part": "fidelity", "model": args.model, "epochs": args.epochs, "index": i, "budget": flops,
+               "policy": policy.to_dict(), "scores": scores,
+               "shipped_test": accuracy(evaluators["adaptive_bn"].release(policy), splits.test)}
+        if net is not None:
+            generated = net.generate(policy)
+            recalibrate_batchnorm(generated, evaluators["adaptive_bn"].release_images(8192), 64)
+            row["generated_test"] = accuracy(generated, splits.test)
+        _append(row)
 
 
 def part_search(args: argparse.Namespace) -> None:
@@ -200,7 +208,7 @@ def _write_markdown() -> None:
         s = r["s_per_candidate"]
         lines.append(f"| {r['model']} | {r['epochs']:g} | {r['train_s']:.0f} | {r['generators_params']:,} | "
                      f"{s['adaptive_bn']:.2f} | {s['pruningnet']:.2f} |")
-    fid = [r for r in rows if r["part"] == "fidelity"]
+    fid = [r for r in rows if r["part"] == "fidelity" and "pruningnet" in r["scores"]]
     if fid:
         lines += ["", f"## Ranking fidelity ({len(fid)} policies: random ones filled to the budget, and uniform)", "",
                   "Target: test accuracy of the model a run ships for the policy (the trained model pruned by "
