@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="*", default=[10, 50], help="fine-tune proxies (SGD steps)")
     parser.add_argument("--finetuned-target", action="store_true", help="also the 1-epoch fine-tuned target")
     parser.add_argument("--shard", default="0/1", help="K/N: only the policies whose position %% N == K")
+    parser.add_argument("--reverse", action="store_true", help="last policy first (a second process on a shard "
+                        "meets the first one in the middle: each policy is checked as done just before it starts)")
     parser.add_argument("--model", default="resnet20", help="whose policies (benchmarks/pruningnet.py fidelity made)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
@@ -75,9 +77,9 @@ def main() -> None:
         proxies: dict[str, Evaluator] = {"refit": RefitEvaluator(model, space, **common)}
         for k in args.steps:
             proxies[f"finetune_{k}"] = Evaluator(model, space, finetune_steps=k, **common)
-        done = {(r["index"], r["proxy"]) for r in _read(ROWS) if _model(r) == args.model}
         shard, shards = (int(x) for x in args.shard.split("/"))
-        for row in policies[shard::shards]:
+        for row in policies[shard::shards][::-1 if args.reverse else 1]:
+            done = {(r["index"], r["proxy"]) for r in _read(ROWS) if _model(r) == args.model}
             if args.finetuned_target and (row["index"], FINETUNED) not in done:
                 _append(_finetuned_target(model, space, splits, row))
             for name, evaluator in proxies.items():
