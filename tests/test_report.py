@@ -37,7 +37,7 @@ def test_report_is_one_self_contained_file_with_its_figures(run_dir):
     assert page.count('src="data:image/png;base64,') == len(FIGURES)
     assert "http://" not in page and "https://" not in page and 'src="file:' not in page
     for text in ("latency, torch", "latency, onnxruntime", "Channels kept per group", "Pareto", ">met<",
-                 "not run yet"):
+                 "not run yet", "validation accuracy (refitted by least squares, as searched)"):  # the default
         assert text in page, text
     latency = json.loads((run_dir / "latency.json").read_text())
     assert all(latency[rt][m] > 0 for rt in ("torch", "onnxruntime") for m in ("dense", "pruned"))
