@@ -213,7 +213,8 @@ def _write_markdown() -> None:
         lines += ["", f"## Ranking fidelity ({len(fid)} policies: random ones filled to the budget, and uniform)", "",
                   "Target: test accuracy of the model a run ships for the policy (the trained model pruned by "
                   "importance, refitted by least squares, BN recalibrated). Per budget: pooled, the budget alone "
-                  "would rank them. More proxies on the same policies: `fidelity.md`.", "", *RANK_COLUMNS]
+                  "would rank them. More proxies on the same policies, and the target after a 1-epoch fine-tune: "
+                  "`fidelity.md`.", "", *RANK_COLUMNS]
         for budget in sorted({r["budget"] for r in fid}, reverse=True):
             group = [r for r in fid if r["budget"] == budget]
             for kind in ("adaptive_bn", "pruningnet"):
