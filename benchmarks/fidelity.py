@@ -170,6 +170,9 @@ def _model_sections(model: str, policies: list[dict[str, Any]], rows: list[dict[
     targets = {"the shipped model's test accuracy": {p["index"]: p["shipped_test"] for p in policies},
                "test accuracy after the 1-epoch fine-tune": {r["index"]: r["test"] for r in rows
                                                              if r["proxy"] == FINETUNED}}
+    if all(sum(p["budget"] == b for p in policies) < 3 for b in {p["budget"] for p in policies}):
+        return [f"## {model}", "", f"{len(policies)} policies measured so far; a table needs 3 per budget "
+                "(`pruningnet.jsonl`).", ""]
     lines = []
     for title, target in targets.items():
         if not target:
