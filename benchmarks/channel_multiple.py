@@ -52,7 +52,7 @@ def main() -> None:
     if not args.table_only:
         model, splits, _ = reference_setup(model_name=args.model)
         x = splits.tensor_inputs(1)
-        done = {(r["round_to"], r["budget"], r["policy"]) for r in _read() if r.get("model", "resnet20") == args.model}
+        done = {(r["round_to"], r["budget"], r["policy"]) for r in _read() if _model_of(r) == args.model}
         for round_to in args.round_to:
             space = SearchSpace.from_model(model, splits.example_inputs(), bounds=(0.0, 0.8), round_to=round_to or None)
             for flops in args.budgets:
@@ -84,6 +84,10 @@ def main() -> None:
     _write_markdown(_read())
 
 
+def _model_of(row: dict[str, Any]) -> str:
+    return row.get("model", "resnet20")  # rows from before --model existed
+
+
 def _append(row: dict[str, Any]) -> None:
     command = "python benchmarks/channel_multiple.py " + " ".join(sys.argv[1:])
     with ROWS.open("a") as f:
@@ -99,13 +103,10 @@ def _write_markdown(rows: list[dict[str, Any]]) -> None:
              "| model | round_to | FLOPs budget | policies | FLOPs ratio | torch: uniform | torch: random, median "
              "(range) | onnxruntime: uniform | onnxruntime: random, median (range) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    def model_of(row: dict[str, Any]) -> str:
-        return row.get("model", "resnet20")  # rows from before --model existed
-
-    for key in sorted({(model_of(r), r["round_to"], r["budget"]) for r in rows},
+    for key in sorted({(_model_of(r), r["round_to"], r["budget"]) for r in rows},
                       key=lambda k: (k[0] != "resnet20", k[0], k[1], -k[2])):
         model, round_to, budget = key
-        rs = [r for r in rows if (model_of(r), r["round_to"], r["budget"]) == key]
+        rs = [r for r in rows if (_model_of(r), r["round_to"], r["budget"]) == key]
         head = f"| {model} | {round_to or 'none'} | {budget:.0%} | "
         if rs[0]["policy"] == "infeasible":
             lines.append(head + "0 | unreachable: one multiple per group already exceeds the budget | | | | |")

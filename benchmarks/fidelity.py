@@ -77,11 +77,13 @@ def main() -> None:
         proxies: dict[str, Evaluator] = {"refit": RefitEvaluator(model, space, **common)}
         for k in args.steps:
             proxies[f"finetune_{k}"] = Evaluator(model, space, finetune_steps=k, **common)
+        shipping = Evaluator(model, space, path="exact", **common)  # releases the shipped models of the targets
         shard, shards = (int(x) for x in args.shard.split("/"))
         for row in policies[shard::shards][::-1 if args.reverse else 1]:
             done = {(r["index"], r["proxy"]) for r in _read(ROWS) if _model(r) == args.model}
             if args.finetuned_target and (row["index"], FINETUNED) not in done:
-                _append(_finetuned_target(model, space, splits, row))
+                shipping.budget = Budget(flops=row["budget"])
+                _append(_finetuned_target(shipping, splits, row))
             for name, evaluator in proxies.items():
                 if (row["index"], name) in done:
                     continue
@@ -101,10 +103,8 @@ def _append(row: dict[str, Any]) -> None:
         f.write(json.dumps({**row, "command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:])}) + "\n")
 
 
-def _finetuned_target(model: torch.nn.Module, space: SearchSpace, splits: Any, row: dict[str, Any]) -> dict[str, Any]:
+def _finetuned_target(evaluator: Evaluator, splits: Any, row: dict[str, Any]) -> dict[str, Any]:
     """The shipped model of ``row``'s policy (as in ``benchmarks/pruningnet.py``) after the 1-epoch fine-tune."""
-    evaluator = Evaluator(model, space, train_data=splits.train, val_data=splits.val,
-                          budget=Budget(flops=row["budget"]), path="exact", **EVALUATION)
     start = time.perf_counter()
     shipped = evaluator.release(row["policy"])
     shipped_test = accuracy(shipped, splits.test)
