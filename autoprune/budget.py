@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from autoprune.costs import Costs
 from autoprune.search_spaces import Policy, SearchSpace
 
-__all__ = ["Budget", "InfeasibleBudgetError", "check_feasible", "min_ratio", "project", "reachable", "uniform_policy"]
+__all__ = ["Budget", "InfeasibleBudgetError", "check_feasible", "min_ratio", "project", "reachable", "spread_ratio",
+           "uniform_policy"]
 
 
 class InfeasibleBudgetError(ValueError):
@@ -203,3 +204,20 @@ def reachable(space: SearchSpace, budget: Budget, decided: Mapping[str, float], 
     environment checks the ratio it takes and falls back to the wall when it is not."""
     rest = {g.name: g.high for g in space.groups[index + 1:]}
     return _feasible(space, budget, Policy({**decided, space.groups[index].name: ratio, **rest}))
+
+
+def spread_ratio(space: SearchSpace, budget: Budget, decided: Mapping[str, float], index: int, *,
+                 tol: float = 1e-6) -> float:
+    """The deficit spread evenly: the smallest ratio that group ``index`` and every later group could all
+    take (each clipped to its bounds) after the ``decided`` ones and still meet the budget.
+
+    At ``index`` 0 it is the uniform policy's ratio; at the last group it is :func:`min_ratio`. It is
+    the highest group bound when even that misses the budget (the action wall then decides).
+    """
+    later = space.groups[index:]
+    top = max(g.high for g in later)
+
+    def feasible_at(r: float) -> bool:
+        return _feasible(space, budget, Policy({**decided, **{g.name: min(max(r, g.low), g.high) for g in later}}))
+
+    return _bisect(feasible_at, 0.0, top, tol) if feasible_at(top) else top

@@ -47,7 +47,10 @@ from autoprune.search import create_searcher
 from autoprune.search_spaces import Policy
 from autoprune.training import TrainConfig, accuracy, train
 
-BACKEND_OPTIONS = {"ddpg": {"warmup": 100}, "tpe": {"n_startup_trials": 10}}
+# benchmark name -> (searcher, options); "ddpg" is the default (budget-aware) agent, "ddpg-amc" AMC's recipe
+# (every DDPG row recorded before the budget-aware agent existed ran AMC's and is named so)
+BACKENDS = {"ddpg": ("ddpg", {"warmup": 100}), "ddpg-amc": ("ddpg", {"warmup": 100, "variant": "amc"}),
+            "tpe": ("tpe", {"n_startup_trials": 10})}
 REPAIRING = {"random", "evolution", "tpe"}  # the backends whose policies go through the shared projection
 FILLING = {"random", "evolution"}  # of those, the ones that fill policies under budget by default
 # The settings a row was searched under, with the defaults that rows recorded before a setting existed used.
@@ -78,10 +81,11 @@ def run_one(backend: str, seed: int, flops: float, args: argparse.Namespace) -> 
         raise SystemExit(f"--val-size {args.val_size}: the validation split holds only {len(evaluator.val)} "
                          "images; ask for at most that")
     with tempfile.TemporaryDirectory() as run_dir:
-        options = dict(BACKEND_OPTIONS.get(backend, {}))
+        name, options = BACKENDS.get(backend, (backend, {}))
+        options = dict(options)
         if args.fill_budget is not None and backend in REPAIRING:
             options["fill_budget"] = args.fill_budget == "on"
-        searcher = create_searcher(backend, evaluator=evaluator, seed=seed, ledger=run_dir, **options)
+        searcher = create_searcher(name, evaluator=evaluator, seed=seed, ledger=run_dir, **options)
         steps = []  # one entry per unit of work: a DDPG episode that re-proposes a cached policy adds no evaluation
         start = time.perf_counter()
         best = searcher.run(args.evaluations, show_progress=False, callback=lambda _, results: steps.append(1))

@@ -1,5 +1,5 @@
 """Gymnasium environments; ``autoprune/Prune-v0`` is registered when ``autoprune`` is imported."""
 
-from autoprune.envs.prune_env import OBSERVATION_FEATURES, PruneEnv
+from autoprune.envs.prune_env import BUDGET_AWARE_FEATURES, OBSERVATION_FEATURES, PruneEnv
 
-__all__ = ["OBSERVATION_FEATURES", "PruneEnv"]
+__all__ = ["BUDGET_AWARE_FEATURES", "OBSERVATION_FEATURES", "PruneEnv"]

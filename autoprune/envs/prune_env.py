@@ -5,6 +5,14 @@ ratio. The action ``a`` in [0, 1] maps to ``low + a * (high - low)`` and is then
 *action wall* (:func:`autoprune.budget.min_ratio`) so that the budget stays reachable whatever the
 later steps do: the final policy always meets the budget under the exact cost model. The last step
 evaluates the whole policy and returns its reward; every other step returns 0.
+
+With ``budget_aware`` (the default DDPG's environment), the action is read relative to the deficit
+spread evenly (:func:`autoprune.budget.spread_ratio`): 0.5 is the ratio that, taken by this group
+and every later one, meets the budget exactly; 0 and 1 are the group's bounds. AMC's mapping reads the
+action over the bounds alone, so random actions prune the first groups at the middle of their
+range whatever the budget, and the last groups absorb the whole deficit, pinned at their maximum
+(tight budgets) or left with budget unused (loose ones). The spread ratio is also observed, so the
+agent sees how much the rest must still absorb.
 """
 
 from __future__ import annotations
@@ -16,15 +24,16 @@ import numpy as np
 from gymnasium import spaces
 from torch import nn
 
-from autoprune.budget import Budget, check_feasible, min_ratio, reachable
+from autoprune.budget import Budget, check_feasible, min_ratio, reachable, spread_ratio
 from autoprune.result import Result
 from autoprune.scoring import PolicyEvaluator
 from autoprune.search_spaces import Policy
 
-__all__ = ["OBSERVATION_FEATURES", "PruneEnv"]
+__all__ = ["BUDGET_AWARE_FEATURES", "OBSERVATION_FEATURES", "PruneEnv"]
 
 OBSERVATION_FEATURES = ("index", "kind", "in_channels", "out_channels", "stride", "kernel", "params",
                         "flops", "flops_reduced", "flops_rest", "previous_action")
+BUDGET_AWARE_FEATURES = (*OBSERVATION_FEATURES, "spread_ratio")
 _KIND = {nn.Conv1d: 0.0, nn.Conv2d: 0.0, nn.Linear: 0.5}
 
 
@@ -35,23 +44,28 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         evaluator: scores the final policy of each episode.
         budget: hard limits; defaults to the evaluator's budget. Checked at construction.
         failed_reward: reward of an episode whose evaluation failed (the error is in ``info``).
+        budget_aware: read actions relative to the evenly spread deficit and observe it (see above);
+            False is AMC's environment.
 
     Observation (all in [0, 1], static features divided by the model's own maximum):
     ``OBSERVATION_FEATURES`` — the group's index, kind (conv 0, linear 0.5, attention heads 1),
     input / output channels, stride, kernel size, parameter and FLOPs share, FLOPs already removed
-    by earlier steps, FLOPs share of the groups still to come, and the previous action.
+    by earlier steps, FLOPs share of the groups still to come, and the previous action; with
+    ``budget_aware``, ``BUDGET_AWARE_FEATURES``: also the spread ratio.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, evaluator: PolicyEvaluator, budget: Budget | None = None, *, failed_reward: float = 0.0) -> None:
+    def __init__(self, evaluator: PolicyEvaluator, budget: Budget | None = None, *, failed_reward: float = 0.0,
+                 budget_aware: bool = False) -> None:
         self.evaluator = evaluator
         self.space = evaluator.space
         self.budget = budget if budget is not None else evaluator.budget
         check_feasible(self.space, self.budget)
-        self.failed_reward = failed_reward
+        self.failed_reward, self.budget_aware = failed_reward, budget_aware
+        features = BUDGET_AWARE_FEATURES if budget_aware else OBSERVATION_FEATURES
         self.action_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
-        self.observation_space = spaces.Box(0.0, 1.0, shape=(len(OBSERVATION_FEATURES),), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(len(features),), dtype=np.float32)
         modules = dict(evaluator.model.named_modules())
         groups = self.space.groups
         n = len(groups)
@@ -72,7 +86,8 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         t = self._t
         dense = self.space.dense_costs.macs
         reduced = 1.0 - self.space.costs(self._ratios).macs / dense if self._ratios else 0.0
-        obs = np.concatenate([self._static[t], [reduced, self._rest[t], self._previous]])
+        spread = [self._spread()] if self.budget_aware else []
+        obs = np.concatenate([self._static[t], [reduced, self._rest[t], self._previous], spread])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -95,7 +110,12 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
         g = self.space.groups[self._t]
         wall = min_ratio(self.space, self.budget, self._ratios, self._t)
-        ratio = max(g.low + a * (g.high - g.low), wall)
+        if self.budget_aware:  # piecewise linear: 0 -> low, 0.5 -> the spread ratio, 1 -> high
+            centre = min(max(self._spread(), g.low), g.high)
+            ratio = g.low + 2 * a * (centre - g.low) if a <= 0.5 else centre + (2 * a - 1) * (g.high - centre)
+        else:
+            ratio = g.low + a * (g.high - g.low)
+        ratio = max(ratio, wall)
         if ratio > wall and not reachable(self.space, self.budget, self._ratios, self._t, ratio):
             ratio = wall  # a non-monotone latency table: pruning this group more made the rest unreachable
         self._ratios[g.name] = ratio
@@ -103,6 +123,11 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._previous = (ratio - g.low) / (g.high - g.low) if g.high > g.low else 0.0
         self._t += 1
         return {"group": g.name, "ratio": ratio, "wall": wall}
+
+    def _spread(self) -> float:
+        t = min(self._t, len(self.space.groups) - 1)
+        return spread_ratio(self.space, self.budget, {k: r for k, r in self._ratios.items()
+                                                      if k != self.space.groups[t].name}, t)
 
     @property
     def policy_complete(self) -> bool:

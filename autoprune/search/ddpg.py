@@ -1,4 +1,4 @@
-"""DDPG as in AMC (He et al. 2018), on stable-baselines3.
+"""DDPG as in AMC (He et al. 2018), on stable-baselines3, and a budget-aware variant (the default).
 
 The agent walks the coupled groups in forward order (:class:`~autoprune.envs.PruneEnv`, whose
 action wall keeps every episode within budget) and is rewarded once, at the end. AMC's recipe,
@@ -10,6 +10,14 @@ every value an option:
   with sigma 0.5 decaying by 0.95 per episode;
 * the episode's final reward copied to every transition of the episode, and a moving average of
   sampled rewards (alpha 0.5) subtracted as a baseline when training.
+
+``variant="amc"`` is that recipe, unchanged. On tight budgets it loses to random search: the
+warm-up's uniform actions pin the last groups at their maximum, and the noise has all but vanished
+within 100 agent episodes, after which the agent re-proposes a handful of policies. The default,
+``variant="budget_aware"``, changes two things (each measured in ``benchmarks/results/ddpg.md``):
+the environment reads actions relative to the evenly spread deficit and observes it
+(:class:`~autoprune.envs.PruneEnv`'s ``budget_aware``), and the exploration sigma never falls below
+``sigma_floor``.
 
 One step = ``parallel_episodes`` episodes (default 1) collected with the current actor, exactly: one
 ``learn`` call per step, and since every episode has one step per group, ``train_freq`` of that many
@@ -45,7 +53,13 @@ from autoprune.scoring import PolicyEvaluator
 from autoprune.search.base import LedgerLike, Searcher
 from autoprune.search_spaces import Policy
 
-__all__ = ["DDPGSearcher", "EpisodeRewardBuffer", "LockstepPruneEnvs"]
+__all__ = ["DDPG_VARIANTS", "DDPGSearcher", "EpisodeRewardBuffer", "LockstepPruneEnvs"]
+
+# name -> the options it sets (explicit options win)
+DDPG_VARIANTS: dict[str, dict[str, Any]] = {
+    "amc": {"budget_aware": False, "sigma_floor": 0.0},
+    "budget_aware": {"budget_aware": True, "sigma_floor": 0.1},
+}
 
 
 class LockstepPruneEnvs(DummyVecEnv):
@@ -189,10 +203,18 @@ class DDPGSearcher(Searcher):
     def __init__(self, evaluator: PolicyEvaluator, *, seed: int = 0, ledger: LedgerLike = None, warmup: int = 100,
                  actor_lr: float = 1e-4, critic_lr: float = 1e-3, tau: float = 0.01, batch_size: int = 64,
                  discount: float = 1.0, buffer_episodes: int = 100, hidden: int = 300, sigma: float = 0.5,
-                 sigma_decay: float = 0.95, failed_reward: float = 0.0, parallel_episodes: int = 1) -> None:
+                 sigma_decay: float = 0.95, failed_reward: float = 0.0, parallel_episodes: int = 1,
+                 variant: str = "budget_aware", budget_aware: bool | None = None,
+                 sigma_floor: float | None = None) -> None:
         super().__init__(evaluator, seed=seed, ledger=ledger)
         if parallel_episodes < 1:
             raise ValueError(f"parallel_episodes must be >= 1, got {parallel_episodes}")
+        if variant not in DDPG_VARIANTS:
+            raise ValueError(f"unknown DDPG variant {variant!r}; choose one of: {', '.join(DDPG_VARIANTS)}")
+        preset = DDPG_VARIANTS[variant]
+        self.variant = variant
+        self.budget_aware = preset["budget_aware"] if budget_aware is None else budget_aware
+        self.sigma_floor = preset["sigma_floor"] if sigma_floor is None else sigma_floor
         self.warmup, self.sigma0, self.sigma_decay = warmup, sigma, sigma_decay
         self.parallel_episodes, self.failed_reward = parallel_episodes, failed_reward
         self._envs: dict[int, LockstepPruneEnvs] = {}
@@ -218,7 +240,8 @@ class DDPGSearcher(Searcher):
 
     def _lockstep(self, n: int) -> LockstepPruneEnvs:
         if n not in self._envs:
-            envs = [PruneEnv(self.evaluator, failed_reward=self.failed_reward) for _ in range(n)]
+            envs = [PruneEnv(self.evaluator, failed_reward=self.failed_reward, budget_aware=self.budget_aware)
+                    for _ in range(n)]
             self._envs[n] = LockstepPruneEnvs(envs, self._score_episodes)
         return self._envs[n]
 
@@ -227,8 +250,11 @@ class DDPGSearcher(Searcher):
         self.model.noise_rng = self.rng  # one generator for every random choice of the search
 
     def _sigma(self, episode: int) -> float:
-        """AMC's schedule: NaN (uniform random actions) during warm-up, then sigma0 * decay^k."""
-        return math.nan if episode < self.warmup else self.sigma0 * self.sigma_decay ** (episode - self.warmup)
+        """AMC's schedule: NaN (uniform random actions) during warm-up, then sigma0 * decay^k, here
+        never below ``sigma_floor``."""
+        if episode < self.warmup:
+            return math.nan
+        return max(self.sigma_floor, self.sigma0 * self.sigma_decay ** (episode - self.warmup))
 
     def _score_episodes(self, policies: list[Policy]) -> list[Result]:
         # The env's action wall already made the policies feasible: no repair, just ledger + cache.

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import autoprune  # noqa: F401  (registers autoprune/Prune-v0)
-from autoprune.budget import Budget, InfeasibleBudgetError
+from autoprune.budget import Budget, InfeasibleBudgetError, min_ratio, spread_ratio, uniform_policy
 from autoprune.costs import count_costs
-from autoprune.envs import OBSERVATION_FEATURES, PruneEnv
+from autoprune.envs import BUDGET_AWARE_FEATURES, OBSERVATION_FEATURES, PruneEnv
 from autoprune.evaluation import Evaluator
 from autoprune.models.zoo import create_model
 from autoprune.search_spaces import Policy, SearchSpace
@@ -70,14 +70,52 @@ def test_reset_is_deterministic(resnet_env):
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet56", "vgg16", "mobilenetv2"])
 @pytest.mark.parametrize("flops", [0.5, 0.25])
-def test_random_episodes_always_end_within_budget(name, flops):
-    env = PruneEnv(_evaluator(name, flops, n=4))
+@pytest.mark.parametrize("budget_aware", [False, True])
+def test_random_episodes_always_end_within_budget(name, flops, budget_aware):
+    env = PruneEnv(_evaluator(name, flops, n=4), budget_aware=budget_aware)
     pruner = env.evaluator.pruner
     x = torch.randn(1, 1, 28, 28)
     for episode, result in enumerate(random_episodes(env, 12)):
         assert result.feasible and result.flops_ratio <= flops
         if episode < 2:  # and the physically pruned, counted model agrees
             assert count_costs(pruner.prune(result.policy), x).macs <= flops * env.space.dense_costs.macs
+
+
+def test_budget_aware_midpoint_actions_are_the_uniform_policy_and_spend_the_budget():
+    env = PruneEnv(_evaluator("resnet20", 0.3), budget_aware=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (len(BUDGET_AWARE_FEATURES),) and env.observation_space.contains(obs)
+    uniform = uniform_policy(env.space, env.budget)
+    while not env.policy_complete:  # whole channels: a group may land one channel (1/16) off the shared ratio
+        info = env.decide(np.array([0.5], dtype=np.float32))
+        assert info["ratio"] == pytest.approx(uniform[info["group"]], abs=1 / 16)
+    assert 0.28 <= env.space.costs(env.policy).macs / env.space.dense_costs.macs <= 0.3
+
+
+def test_budget_aware_random_episodes_spread_the_deficit_where_amc_pins_the_last_group():
+    """At a tight budget AMC's reading of uniform actions leaves the last group at its upper bound
+    (0.8, 0.78 in whole channels) in nearly every episode; the budget-aware reading spreads the deficit."""
+    last_ratio = {}
+    for budget_aware in (False, True):
+        env = PruneEnv(_evaluator("resnet20", 0.2, n=4), budget_aware=budget_aware)
+        rng, ratios = np.random.default_rng(0), []
+        for _ in range(20):
+            env.reset()
+            while not env.policy_complete:
+                env.decide(rng.random(1).astype(np.float32))
+            ratios.append(env.policy[env.space.names[-1]])
+        last_ratio[budget_aware] = float(np.mean(ratios))
+    assert last_ratio[False] >= 0.75 > last_ratio[True] + 0.05, last_ratio
+
+
+def test_spread_ratio_is_the_uniform_ratio_first_and_the_wall_last():
+    env = PruneEnv(_evaluator("resnet20", 0.4))
+    space, budget = env.space, env.budget
+    assert spread_ratio(space, budget, {}, 0) == pytest.approx(uniform_policy(space, budget)[space.names[0]], abs=1e-4)
+    decided = {g.name: 0.6 for g in space.groups[:-1]}
+    last = len(space.groups) - 1
+    wall = min_ratio(space, budget, decided, last)
+    assert spread_ratio(space, budget, decided, last) == pytest.approx(wall, abs=1e-4)
 
 
 def test_infeasible_budget_raises_at_construction():

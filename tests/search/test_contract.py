@@ -24,6 +24,7 @@ BACKENDS = {
     "qmc": {},
     "nsga2": {},
     "ddpg": {"warmup": 4, "batch_size": 8},
+    "ddpg amc": {"warmup": 4, "batch_size": 8, "variant": "amc"},  # AMC's recipe, kept as a named variant
     # three lockstep episodes per step, scored as one batch; 10 and 7 evaluations end on a partial batch
     "ddpg x3": {"warmup": 4, "batch_size": 8, "parallel_episodes": 3},
 }

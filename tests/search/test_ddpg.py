@@ -1,12 +1,19 @@
-"""The DDPG agent's own update: the leaner ``train`` must be SB3's TD3 update for DDPG, same maths."""
+"""The DDPG agent: its leaner ``train`` must be SB3's TD3 update for DDPG, same maths; its variants."""
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from stable_baselines3 import DDPG
 from stable_baselines3.common.logger import configure
 
+from autoprune.budget import Budget
+from autoprune.envs import BUDGET_AWARE_FEATURES, OBSERVATION_FEATURES
+from autoprune.evaluation import Evaluator
+from autoprune.models.zoo import create_model
+from autoprune.search import create_searcher
 from autoprune.search.ddpg import _AMCDDPG, EpisodeRewardBuffer
+from autoprune.search_spaces import SearchSpace
 
 
 class _Constant(gym.Env):
@@ -49,3 +56,28 @@ def test_the_lean_update_is_sb3s_ddpg_update():
         trained.append(_weights(agent))
     assert not torch.allclose(trained[0], before)
     torch.testing.assert_close(trained[1], trained[0], rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def evaluator(digits):
+    torch.manual_seed(0)
+    model = create_model("cnn1d", in_channels=1, num_classes=10, image_size=8).eval()
+    space = SearchSpace.from_model(model, digits.example_inputs())
+    return Evaluator(model, space, train_data=digits.train, val_data=digits.val, budget=Budget(flops=0.3),
+                     val_size=32, bn_batches=1, batch_size=32, path="exact")
+
+
+def test_the_default_agent_is_budget_aware_with_a_sigma_floor_and_amc_is_kept_unchanged(evaluator):
+    default = create_searcher("ddpg", evaluator=evaluator, warmup=2)
+    amc = create_searcher("ddpg", evaluator=evaluator, warmup=2, variant="amc")
+    assert default.model.observation_space.shape == (len(BUDGET_AWARE_FEATURES),)
+    assert amc.model.observation_space.shape == (len(OBSERVATION_FEATURES),)
+    late = 2 + 200  # 200 agent episodes after the warm-up: AMC's 0.5 * 0.95^200 is about 2e-5
+    assert np.isnan(default._sigma(0)) and default._sigma(late) == 0.1
+    assert amc._sigma(late) == pytest.approx(0.5 * 0.95**200)
+    assert create_searcher("ddpg", evaluator=evaluator, variant="amc", sigma_floor=0.2)._sigma(late) == 0.2
+
+
+def test_an_unknown_variant_is_refused_with_the_choices(evaluator):
+    with pytest.raises(ValueError, match="unknown DDPG variant 'amcc'.*amc, budget_aware"):
+        create_searcher("ddpg", evaluator=evaluator, variant="amcc")
