@@ -1,11 +1,14 @@
 """Assembly: from a configuration to the objects a run needs (data, model, search space, evaluator, searcher).
 
 Everything here reads the configuration; nothing writes into the run directory except a dense model
-trained first (``dense.pt``) when the configuration asks for one.
+trained first (``dense.pt``) when the configuration asks for one, and the measured latency limit
+(``latency_calibration.json``) of a latency budget.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,14 @@ from autoprune.parallel_evaluation import RayEvaluator
 from autoprune.pruningnet import PruningNet, train_pruningnet
 from autoprune.pruningnet_evaluator import PruningNetEvaluator
 from autoprune.refit_evaluator import RefitEvaluator
-from autoprune.run_directory import PRUNINGNET
+from autoprune.run_directory import LATENCY_CALIBRATION, PRUNINGNET, write_atomically
 from autoprune.search import LedgerSpec, Searcher, create_searcher
 from autoprune.search_spaces import SearchSpace
 
 __all__ = ["build", "build_space", "ledger_location", "load_data", "load_model", "requested_budget",
-           "trained_pruningnet"]
+           "search_budget", "trained_pruningnet"]
+
+log = logging.getLogger("autoprune.run")
 
 
 def load_data(config: Config) -> Splits:
@@ -54,6 +59,37 @@ def build_space(config: Config, model: nn.Module, splits: Splits) -> SearchSpace
         space.attach_latency(LatencyTable.build(model, space, runtime=config.latency.runtime,
                                                 batch=config.latency.batch))
     return space
+
+
+def search_budget(config: Config, model: nn.Module, space: SearchSpace, splits: Splits, run_dir: Path) -> Budget:
+    """The budget the search works under: the requested one, its latency limit lowered by ``latency.margin``
+    and, with ``latency.calibrate``, corrected by measuring whole models (once per run: a resumed run reads
+    ``latency_calibration.json`` back, so it searches under the same limit)."""
+    requested = requested_budget(config)
+    if not (requested.needs_latency and config.latency.calibrate):
+        budget = requested.with_latency_margin(config.latency.margin)
+        try:
+            check_feasible(space, budget)
+        except InfeasibleBudgetError as e:
+            if budget == requested:
+                raise
+            raise InfeasibleBudgetError(f"{e} or lower latency.margin ({config.latency.margin:g}), which lowers "
+                                        "the search's latency limit") from None
+        return budget
+    from autoprune.latency_calibration import LatencyCalibration, calibrate_latency_limit, time_in
+
+    path = run_dir / LATENCY_CALIBRATION
+    if path.exists():
+        return LatencyCalibration.from_dict(json.loads(path.read_text())).budget(requested)
+    log.info("calibrating the search's latency limit on whole models (%s, batch %d)", config.latency.runtime,
+             config.latency.batch)
+    calibration = calibrate_latency_limit(
+        model, space, requested, time_in(config.latency.runtime, splits.tensor_inputs(config.latency.batch)),
+        runtime=config.latency.runtime, batch=config.latency.batch, margin=config.latency.margin, seed=config.seed,
+        on_round=lambda r: log.info("latency limit %.1f%% predicted: whole models measure %.1f%% of dense",
+                                    100 * r["limit"], 100 * r["median"]))
+    write_atomically(path, json.dumps(calibration.to_dict(), indent=2))
+    return calibration.budget(requested)
 
 
 def load_model(config: Config, splits: Splits, run_dir: Path, show_progress: bool) -> tuple[nn.Module, dict[str, Any]]:
@@ -95,14 +131,7 @@ def build(config: Config, run_dir: Path, show_progress: bool) -> tuple[Searcher,
     splits = load_data(config)
     model, spec = load_model(config, splits, run_dir, show_progress)
     space = build_space(config, model, splits)
-    budget = requested_budget(config).with_latency_margin(config.latency.margin)
-    try:
-        check_feasible(space, budget)
-    except InfeasibleBudgetError as e:
-        if budget == requested_budget(config):
-            raise
-        raise InfeasibleBudgetError(f"{e} or lower latency.margin ({config.latency.margin:g}), which lowers the "
-                                    "search's latency limit") from None
+    budget = search_budget(config, model, space, splits, run_dir)
     ev = config.evaluation
     if ev.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"evaluation.device: {ev.device} asked for, but torch sees no CUDA device; use cpu")

@@ -73,9 +73,12 @@ class BudgetConfig(_Section):
 class LatencyConfig(_Section):
     runtime: Literal["torch", "onnxruntime"] = "torch"
     batch: int = Field(default=1, ge=1)
-    # the search aims this fraction under a latency limit: the table's predictions are a few percent
-    # off (benchmarks/results/latency.md); the shipped model is measured against the limit itself
-    margin: float = Field(default=0.0, ge=0, lt=1)
+    # the search aims this fraction under a latency limit (60% -> 58.5%), so that most of what it proposes
+    # also measures under it; the shipped model is measured against the limit itself
+    margin: float = Field(default=0.025, ge=0, lt=1)
+    # before the search, whole models are measured and the search's limit corrected until they measure at
+    # the aim (autoprune/latency_calibration.py); off: the table's prediction is trusted as it is
+    calibrate: bool = True
 
 
 class SearchConfig(_Section):

@@ -7,7 +7,6 @@ before and after) into the run directory; the report and ``autoprune export`` pi
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from autoprune.forward import batch_size as count
 from autoprune.forward import examples, take
 from autoprune.model_io import read_plan, save_pruned
 from autoprune.run import open_run
-from autoprune.run_directory import holding
+from autoprune.run_directory import holding, write_atomically
 from autoprune.training import TrainConfig, accuracy, train
 
 __all__ = ["finetune_run"]
@@ -66,9 +65,7 @@ def finetune_run(run_dir: str | Path, *, epochs: float = 1.0, lr: float = 0.05, 
     record["shipped"] = best["file"] == name
     if record["shipped"]:
         save_pruned(run.run_dir / "finetuned.pt", model, plan, run.spec)
-    tmp = run.run_dir / "finetune.json.tmp"
-    tmp.write_text(json.dumps({"shipped": best["file"], "runs": history}, indent=2))
-    os.replace(tmp, run.run_dir / "finetune.json")
+    write_atomically(run.run_dir / "finetune.json", json.dumps({"shipped": best["file"], "runs": history}, indent=2))
     return record
 
 

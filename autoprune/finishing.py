@@ -14,6 +14,7 @@ from autoprune.assembly import requested_budget
 from autoprune.config import Config
 from autoprune.data import Splits
 from autoprune.result import Result
+from autoprune.run_directory import LATENCY_CALIBRATION
 from autoprune.search import Searcher
 
 __all__ = ["finish"]
@@ -57,11 +58,18 @@ def finish(searcher: Searcher, config: Config, splits: Splits, spec: dict[str, A
                # counted FLOPs/params of the physically pruned model; latency as the table predicts it
                "meets_budget": budget.holds(replace(counted, latency=best.latency), dense)
                and (measured is None or measured["within_budget"]),
-               "measured_latency": measured, "reconstructed": config.pruner.reconstruct,
+               "measured_latency": measured, "latency_calibration": _calibration(run_dir),
+               "reconstructed": config.pruner.reconstruct,
                # e.g. the PruningNet's generated network vs the trained model pruned: both validation scores
                "release_choice": evaluator.release_choice(best.policy), "best": best.to_dict(), "done": True}
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _calibration(run_dir: Path) -> dict[str, Any] | None:
+    """The measured latency limit the search worked under (``latency.calibrate``), if it had one."""
+    path = run_dir / LATENCY_CALIBRATION
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _why_nothing_completed(results: list[Result]) -> str:

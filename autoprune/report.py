@@ -218,6 +218,20 @@ def _summary_rows(run: RunContents, latency: dict[str, Any], finetune: dict[str,
     return rows
 
 
+def _search_budget_note(s: dict[str, Any]) -> str:
+    """How the search's budget differs from the user's: a latency margin, or a limit calibrated by measurement."""
+    search_budget = s.get("search_budget", s["budget"])  # runs from before latency.margin have none
+    calibration = s.get("latency_calibration")
+    if calibration:
+        first = calibration["rounds"][0]
+        return (f" The latency table's {first['limit']:.1%} of dense measured {first['median']:.1%} on whole models, "
+                f"so the search worked under a predicted <b>{calibration['limit']:.1%}</b>, where whole models "
+                f"measured nearest the aim of {calibration['aim']:.1%} (latency.calibrate, latency.margin).")
+    if search_budget != s["budget"]:
+        return f" The search aimed under <b>{html.escape(search_budget)}</b> (latency.margin)."
+    return ""
+
+
 def _slower_warning(latency: dict[str, Any]) -> str:
     slower = [rt for rt in ("torch", "onnxruntime") if latency[rt]["pruned"] > latency[rt]["dense"]]
     if not slower:
@@ -267,9 +281,7 @@ def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
         export_html = "<h2>Exported models</h2>" + _table(["format", "file", "exported from",
                                                             "max |difference| vs torch", "measured latency"],
                                                            export_rows)
-    search_budget = s.get("search_budget", s["budget"])  # runs from before latency.margin have none
-    margin_note = (f" The search aimed under <b>{html.escape(search_budget)}</b> (latency.margin)."
-                   if search_budget != s["budget"] else "")
+    margin_note = _search_budget_note(s)
     config_yaml = (run.run_dir / "config.yaml").read_text()
     title = html.escape(run.run_dir.name)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autoprune report: {title}</title>

@@ -37,7 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["BACKUP", "CHECKPOINT", "FROZEN", "LEDGER", "LOCK", "PRUNINGNET", "CheckpointDamagedError",
+__all__ = ["BACKUP", "CHECKPOINT", "FROZEN", "LATENCY_CALIBRATION", "LEDGER", "LOCK", "PRUNINGNET",
+           "CheckpointDamagedError",
            "ConfigChangedError", "LedgerDamagedError", "RunInUseError", "backup_ledger", "check_ledger",
            "check_unchanged", "freeze", "hold", "holding", "load_state", "logging_into", "save_state"]
 
@@ -48,6 +49,7 @@ FROZEN = "config.frozen.json"
 LEDGER = "ledger.db"
 CHECKPOINT = "searcher.ckpt"
 BACKUP = "ledger.db.bak"
+LATENCY_CALIBRATION = "latency_calibration.json"  # the search's measured latency limit, kept for a resume
 PRUNINGNET = "pruningnet.pt"  # the trained PruningNet of an ``evaluation.kind: pruningnet`` run (and its checkpoint)
 
 
@@ -124,12 +126,16 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a kill or a full disk leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def freeze(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
     """Record the configuration a run is (re)started with (written atomically)."""
-    path = Path(run_dir) / FROZEN
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    write_atomically(Path(run_dir) / FROZEN, json.dumps(config, indent=2, sort_keys=True, default=str))
 
 
 def check_unchanged(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> None:

@@ -1,14 +1,18 @@
-"""Latency-constrained search: does the returned model meet the latency target when *measured*?
+"""Latency-constrained search: does the returned model land on the latency target when *measured*?
 
-Runs ``configs/mobilenetv2_latency.yaml`` (MobileNetV2 on Fashion-MNIST, onnxruntime, batch 1,
-at most 60% of the dense model's latency; the search prices policies with the per-layer latency
-table), then measures the dense and the returned pruned model in onnxruntime (batch 1, one
-thread, interleaved, several rounds) and reports the measured ratio against the target.
+Runs ``configs/mobilenetv2_latency.yaml`` (the committed MobileNetV2 on Fashion-MNIST, onnxruntime,
+batch 1, at most 60% of the dense model's latency) once per seed: the latency table prices policies,
+the search's limit is calibrated on whole models first (``latency.calibrate``), and the shipped model
+is measured after the search. Then the benchmark measures the dense and the shipped model again in
+onnxruntime (batch 1, one thread, interleaved, ``--rounds`` rounds) and reports the measured ratio
+against the target: it should lie in [target - 3 points, target].
 
-    python benchmarks/latency_search.py --evaluations 60 --train-epochs 0.3 --val-size 500
+    python benchmarks/latency_search.py --seeds 0 1 2 --evaluations 40 --val-size 500
 
-Writes ``benchmarks/results/latency_search.{json,md}``; the run directory (with its report) is
-``runs/latency_search``.
+Each seed's row is appended to ``benchmarks/results/latency_search.jsonl`` (a seed already there with
+the same settings is not run again) and ``latency_search.md`` is rebuilt from all rows. Run
+directories (with their reports) are ``runs/latency_search/seed<N>``. ``--no-calibrate`` runs the same
+search trusting the table (the behaviour before calibration), for comparison.
 """
 
 from __future__ import annotations
@@ -20,74 +24,110 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from autoprune import run
 from autoprune.config import load_config
 from autoprune.latency import make_runner, measure
 
+SETTINGS = ("config", "evaluations", "val_size", "bn_batches", "calibrate")
+WINDOW = 0.03  # the shipped model should measure within this many points under the target
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/mobilenetv2_latency.yaml")
-    parser.add_argument("--evaluations", type=int, default=60)
-    parser.add_argument("--train-epochs", type=float, default=0.3, help="training of the dense model")
-    parser.add_argument("--val-size", type=int, default=500)
-    parser.add_argument("--bn-batches", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5, help="measurement rounds of 30 interleaved repeats")
-    parser.add_argument("--run-dir", default="runs/latency_search")
-    parser.add_argument("--measure-only", action="store_true", help="re-measure the finished run in --run-dir")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
-    command = ("python benchmarks/latency_search.py " + " ".join(sys.argv[1:])).strip()
-    config = load_config(args.config, {"search.evaluations": str(args.evaluations),
-                                       "model.train_epochs": str(args.train_epochs),
+
+def run_one(seed: int, args: argparse.Namespace, command: str) -> dict[str, Any]:
+    config = load_config(args.config, {"search.evaluations": str(args.evaluations), "seed": str(seed),
                                        "evaluation.val_size": str(args.val_size),
-                                       "evaluation.bn_batches": str(args.bn_batches)})
-    run_dir = Path(args.run_dir)
-    if args.measure_only:  # the finished run already in --run-dir: measure it again
-        outcome = run.resume(run_dir, show_progress=False)
-        wall = outcome.summary["search_seconds"]
-    else:
-        if run_dir.exists():  # a fresh search, but keep a dense model trained by an earlier attempt
-            for item in run_dir.iterdir():
-                if item.name != "dense.pt":
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
-        start = time.perf_counter()
-        outcome = run.start(config, run_dir, show_progress=False)
-        wall = time.perf_counter() - start
-    contents = run.open_run(args.run_dir)
+                                       "evaluation.bn_batches": str(args.bn_batches),
+                                       "latency.calibrate": str(args.calibrate).lower()})
+    run_dir = Path(args.run_dir) / f"seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh search (an interrupted one is simply redone)
+    start = time.perf_counter()
+    outcome = run.start(config, run_dir, show_progress=False)
+    wall = time.perf_counter() - start
+    contents = run.open_run(run_dir)
     x = contents.splits.example_inputs(1)
     runtime, target = config.latency.runtime, config.budget.latency
     runners = {"dense": make_runner(contents.dense, x, runtime), "pruned": make_runner(contents.pruned(), x, runtime)}
     rounds = [measure(runners, repeats=30) for _ in range(args.rounds)]
     ratios = [r["pruned"] / r["dense"] for r in rounds]
     s = outcome.summary
-    result = {
-        "command": command, "model": config.model.name, "runtime": runtime, "batch": config.latency.batch,
-        "target_ratio": target, "evaluations": s["evaluations"], "search_wall_s": wall,
+    measured = statistics.median(ratios)
+    return {
+        "seed": seed, **{k: getattr(args, k) for k in SETTINGS}, "command": command, "model": config.model.name,
+        "runtime": runtime, "batch": config.latency.batch, "target_ratio": target, "wall_s": wall,
+        "search_budget": s["search_budget"], "calibration": s.get("latency_calibration"),
         "predicted_ratio": s["best"]["latency"] / contents.space.dense_costs.latency,
-        "measured_ratio_median": statistics.median(ratios), "measured_ratio_rounds": ratios,
+        "measured_ratio_median": measured, "measured_ratio_rounds": ratios,
         "dense_ms": statistics.median(r["dense"] for r in rounds) * 1e3,
         "pruned_ms": statistics.median(r["pruned"] for r in rounds) * 1e3,
         "flops_ratio": s["pruned"]["flops"] / s["dense"]["flops"],
         "params_ratio": s["pruned"]["params"] / s["dense"]["params"],
         "dense_test_accuracy": s["dense"]["test_accuracy"], "pruned_test_accuracy": s["pruned"]["test_accuracy"],
         "candidates_measured_by_the_search": s["measured_latency"]["checked"],
+        "meets_target": measured <= target, "in_window": target - WINDOW <= measured <= target,
     }
-    result["meets_target"] = result["measured_ratio_median"] <= target
-    out = Path(args.out)
-    (out / "latency_search.json").write_text(json.dumps(result, indent=2))
-    (out / "latency_search.md").write_text("\n".join([
-        "# Latency-constrained search: MobileNetV2 on Fashion-MNIST, onnxruntime, batch 1", "",
-        f"Command: `{command}` (2-core machine, 1 thread per measurement)", "",
-        "| target | predicted (table) | measured (median of rounds) | rounds | dense | pruned | FLOPs | params "
-        "| test acc dense -> pruned (no FT) | met |", "|---|---|---|---|---|---|---|---|---|---|",
-        f"| {target:.0%} | {result['predicted_ratio']:.1%} | {result['measured_ratio_median']:.1%} "
-        f"| {', '.join(f'{r:.1%}' for r in ratios)} | {result['dense_ms']:.3f} ms | {result['pruned_ms']:.3f} ms "
-        f"| {result['flops_ratio']:.1%} | {result['params_ratio']:.1%} "
-        f"| {result['dense_test_accuracy']:.2%} -> {result['pruned_test_accuracy']:.2%} "
-        f"| {'yes' if result['meets_target'] else 'NO'} |", ""]))
-    print(json.dumps(result, indent=2))
+
+
+def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
+    lines = ["# Latency-constrained search: MobileNetV2 on Fashion-MNIST, onnxruntime, batch 1", "",
+             "Commands:", "", *[f"- `{c}`" for c in dict.fromkeys(r["command"] for r in rows)], "",
+             "2-core machine, 1 thread per measurement. *Calibrated limit*: the table's predicted ratio the search "
+             "worked under, after measuring whole models before the search (first round: what the table's own "
+             "limit measured). *Measured*: the shipped model against the dense one, median of the benchmark's own "
+             "rounds of 30 interleaved repeats after the search. *In window*: measured within "
+             f"[target − {100 * WINDOW:.0f}, target].", "",
+             "Before calibration (`latency_search_before_calibration.json`: a MobileNetV2 trained 0.3 epochs, 60 "
+             "evaluations, table trusted): the best-rewarded policy, predicted 56.1%, measured 63.8%; the shipped "
+             "one, predicted 39.4%, measured 49.6%, ten points of the budget unused.", "",
+             "| target | seed | evals | calibrated | first round: table's limit -> measured | calibrated limit "
+             "| predicted (shipped) | measured (shipped) | rounds | checks | FLOPs | test acc dense -> shipped (no FT) "
+             "| met | in window |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (not r.get("calibrate", False), r["seed"])):
+        c = r.get("calibration")
+        first = (f"{c['rounds'][0]['limit']:.1%} -> {c['rounds'][0]['median']:.1%}" if c else "-")
+        lines.append(
+            f"| {r['target_ratio']:.0%} | {r['seed']} | {r['evaluations']} | {'yes' if c else 'no'} | {first} "
+            f"| {c['limit']:.1%} | " if c else
+            f"| {r['target_ratio']:.0%} | {r['seed']} | {r['evaluations']} | no | - | - | ")
+        lines[-1] += (f"{r['predicted_ratio']:.1%} | {r['measured_ratio_median']:.1%} "
+                      f"| {', '.join(f'{x:.1%}' for x in r['measured_ratio_rounds'])} "
+                      f"| {len(r['candidates_measured_by_the_search'])} | {r['flops_ratio']:.1%} "
+                      f"| {r['dense_test_accuracy']:.2%} -> {r['pruned_test_accuracy']:.2%} "
+                      f"| {'yes' if r['meets_target'] else 'NO'} | {'yes' if r['in_window'] else 'NO'} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/mobilenetv2_latency.yaml")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--evaluations", type=int, default=40)
+    parser.add_argument("--val-size", type=int, default=500)
+    parser.add_argument("--bn-batches", type=int, default=2)
+    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false")
+    parser.add_argument("--rounds", type=int, default=5, help="measurement rounds of 30 interleaved repeats")
+    parser.add_argument("--run-dir", default="runs/latency_search")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--markdown-only", action="store_true", help="rebuild the .md from the .jsonl and stop")
+    args = parser.parse_args()
+    command = "python " + " ".join(sys.argv)
+    ledger, table = Path(args.out) / "latency_search.jsonl", Path(args.out) / "latency_search.md"
+
+    def done() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
+
+    for seed in [] if args.markdown_only else args.seeds:
+        key = (seed, *(getattr(args, k) for k in SETTINGS))
+        if key in {(r["seed"], *(r.get(k) for k in SETTINGS)) for r in done()}:
+            continue
+        row = run_one(seed, args, command)
+        with ledger.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"seed {seed}: measured {row['measured_ratio_median']:.1%} of dense (target {row['target_ratio']:.0%}), "
+              f"test {row['pruned_test_accuracy']:.2%}", flush=True)
+        write_markdown(done(), table)
+    if args.markdown_only:
+        write_markdown(done(), table)
 
 
 if __name__ == "__main__":
