@@ -75,13 +75,15 @@ def time_in(runtime: str, x: torch.Tensor) -> TimeModels:
 
 
 def _next_limit(rounds: list[dict[str, Any]], aim: float) -> float:
-    """The secant through the last two rounds' (limit, measured) points, solved for the aim; after one round,
-    the limit scaled by aim / measured."""
+    """The secant through the last two rounds' (limit, measured) points, solved for the aim; the limit scaled
+    by aim / measured after one round, or where the secant's slope is off the proportional one by more than 2x
+    (two close rounds measured a few tenths of a point apart: noise, and the secant would leap)."""
     last = rounds[-1]
-    if len(rounds) >= 2 and rounds[-2]["median"] != last["median"]:
+    proportional = last["median"] / last["limit"]
+    if len(rounds) >= 2 and rounds[-2]["limit"] != last["limit"]:
         before = rounds[-2]
         slope = (last["median"] - before["median"]) / (last["limit"] - before["limit"])
-        if slope > 0:
+        if proportional / 2 <= slope <= 2 * proportional:
             return float(last["limit"] + (aim - last["median"]) / slope)
     return float(last["limit"] * aim / last["median"])
 
@@ -109,6 +111,7 @@ def calibrate_latency_limit(model: nn.Module, space: SearchSpace, requested: Bud
         aim = requested.latency_ms / 1e3 * (1 - margin) / time_models({"dense": model})["dense"]  # type: ignore[operator]
     limit = aim
     calibration = LatencyCalibration(aim=aim, limit=aim, runtime=runtime, batch=batch)
+    dense_seconds: list[float] = []
     for _ in range(max_rounds):
         try:
             if limit <= 0:
@@ -116,12 +119,18 @@ def calibrate_latency_limit(model: nn.Module, space: SearchSpace, requested: Bud
             budget = replace(requested, latency=limit, latency_ms=None)
             check_feasible(space, budget)
         except InfeasibleBudgetError as e:
+            # odd channel counts can run several times slower than dense in torch on CPU (13 of 16 channels:
+            # 2.5x on a small ResNet-20); multiples of 8 keep the fast kernels
+            hint = "" if (space.round_to or 1) > 1 else " or keep channel counts to multiples of 8 (pruner.round_to: 8)"
             raise InfeasibleBudgetError(
                 f"latency calibration: to measure {aim:.1%} of dense latency the search would need a predicted "
-                f"limit of {limit:.1%}, and {e}; raise the latency budget") from None
+                f"limit of {limit:.1%}, and {e}; raise the latency budget{hint}") from None
         policies = _probe_policies(space, budget, probes, seed)
         models = {"dense": model, **{f"probe{i}": space.shaped_copy(model, p) for i, p in enumerate(policies)}}
         seconds = time_models(models)
+        if dense_seconds and abs(seconds["dense"] / statistics.median(dense_seconds) - 1) > 0.25:
+            seconds = time_models(models)  # the dense model itself read 25% off: a burst of load; time again
+        dense_seconds.append(seconds["dense"])
         ratios = [seconds[f"probe{i}"] / seconds["dense"] for i in range(len(policies))]
         median = statistics.median(ratios)
         entry: dict[str, Any] = {"limit": limit, "measured": ratios, "median": median}
@@ -131,7 +140,16 @@ def calibrate_latency_limit(model: nn.Module, space: SearchSpace, requested: Bud
         if abs(median - aim) <= tolerance or (limit >= 1.0 and median < aim):
             break  # on target, or latency is not what binds
         limit = min(1.0, _next_limit(calibration.rounds, aim))
-    # the measured limit whose models landed closest to the aim without passing it; else the last correction
+    # the measured limit whose models landed closest to the aim without passing it; else the last correction,
+    # once the most pruned model shows that the aim can be reached at all
     under = [r for r in calibration.rounds if r["median"] <= aim + tolerance]
+    if not under:
+        most = space.shaped_copy(model, {g.name: g.high for g in space.groups})
+        seconds = time_models({"dense": model, "most pruned": most})
+        if seconds["most pruned"] / seconds["dense"] > aim:
+            raise InfeasibleBudgetError(
+                f"latency calibration: every group pruned to its upper bound measures "
+                f"{seconds['most pruned'] / seconds['dense']:.1%} of dense latency, over the aim of {aim:.1%}; "
+                "raise the latency budget or the upper bounds")
     calibration.limit = min(under, key=lambda r: aim - r["median"])["limit"] if under else limit
     return calibration

@@ -69,9 +69,24 @@ def test_an_absolute_limit_is_turned_into_a_ratio_of_the_measured_dense_model():
 def test_an_aim_no_model_can_reach_is_refused_with_the_limit_it_would_need():
     model, space = _space()
     time_models, _ = _runtime_with_overhead(1.5)  # fixed cost: 60% of dense latency
-    with pytest.raises(InfeasibleBudgetError, match="latency calibration: to measure 58.5% of dense latency"):
+    with pytest.raises(InfeasibleBudgetError, match="latency calibration: .* over the aim of 58.5%"):
         calibrate_latency_limit(model, space, Budget(latency=0.6), time_models, runtime="torch", batch=1,
                                 margin=0.025)
+
+
+def test_a_burst_of_load_on_the_dense_model_is_timed_again():
+    model, space = _space()
+    time_models, calls = _runtime_with_overhead(0.25)
+    burst = iter([1.0, 1.0, 2.0])  # the third round's dense model reads twice as slow once
+
+    def bursty(models):
+        seconds = time_models(models)
+        return {**seconds, "dense": seconds["dense"] * next(burst, 1.0)}
+
+    calibration = calibrate_latency_limit(model, space, Budget(latency=0.6), bursty, runtime="torch", batch=1,
+                                          margin=0.025, tolerance=0.0001)
+    assert len(calls) == len(calibration.rounds) + 1  # one round timed twice
+    assert all(r["median"] > 0.5 for r in calibration.rounds)  # none read at half the true ratio
 
 
 def test_a_calibration_round_trips_through_its_record():

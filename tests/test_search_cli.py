@@ -181,7 +181,8 @@ def test_parallel_workers_on_ray_record_the_same_search(backend, options, tmp_pa
     assert [(r.policy, r.accuracy) for r in one] == [(r.policy, r.accuracy) for r in two]
 
 
-LATENCY_SMOKE = {**SMOKE, "budget": {"latency": 0.9}, "latency": {"runtime": "torch"},
+# the measured check after the search, with the table trusted before it (calibration: its own test below)
+LATENCY_SMOKE = {**SMOKE, "budget": {"latency": 0.9}, "latency": {"runtime": "torch", "calibrate": False},
                  "search": {"backend": "random", "evaluations": 4}}
 
 
@@ -227,6 +228,43 @@ def test_a_latency_margin_aims_the_search_under_the_limit_that_the_shipped_model
     checked = summary["measured_latency"]["checked"]
     assert len(checked) == 1 and checked[0]["predicted_ratio"] <= 0.81 + 1e-9
     assert summary["measured_latency"]["within_budget"] and summary["meets_budget"]
+
+
+def test_the_calibrated_latency_limit_is_measured_once_and_a_resumed_search_keeps_it(tmp_path, monkeypatch):
+    """Killed mid-search, the run resumes under the limit it measured, without measuring again (a fresh
+    measurement on a busier machine would give a different limit, and the search would change course)."""
+    import autoprune.latency_calibration
+
+    real, measured = autoprune.latency_calibration.calibrate_latency_limit, []
+
+    def counting(*args, **kwargs):
+        measured.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(autoprune.latency_calibration, "calibrate_latency_limit", counting)
+    calls, original = {"n": 0}, Evaluator.__call__
+
+    def interrupting(self, policy):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, policy)
+
+    monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    run_dir = tmp_path / "run"
+    # multiples of 8 channels: odd counts can run slower than dense in torch, and the aim becomes unreachable;
+    # a loose limit, so that this small model (mostly fixed cost) reaches the aim on a busy machine too
+    config = {**LATENCY_SMOKE, "budget": {"latency": 0.95}, "latency": {"runtime": "torch"},
+              "pruner": {"round_to": 8}, "search": {"backend": "random", "evaluations": 4}}
+    assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 130
+    saved = json.loads((run_dir / "latency_calibration.json").read_text())
+    assert saved["aim"] == pytest.approx(0.95 * 0.975) and 1 <= len(saved["rounds"]) <= 4
+    monkeypatch.setattr(Evaluator, "__call__", original)
+    cli.main(["resume", str(run_dir), "--quiet", "--no-report"])
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert len(measured) == 1 and summary["evaluations"] == 4
+    assert summary["latency_calibration"] == saved
+    assert summary["search_budget"] == f"latency <= {saved['limit']:g} x dense"
 
 
 def _script_measured_latency(monkeypatch, ratios):
