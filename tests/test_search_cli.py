@@ -40,23 +40,28 @@ def test_search_writes_a_complete_run_directory(tmp_path):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["search"]["backend"] == "random"
 
 
-def test_interrupted_search_resumes_without_re_evaluating(tmp_path, monkeypatch, capsys):
-    run_dir = tmp_path / "run"
-    calls = {"n": 0}
-    original = Evaluator.__call__
+def _interrupt_at_evaluation(monkeypatch, n):
+    """Ctrl-C during the ``n``-th evaluation; returns the undo."""
+    calls, original = {"n": 0}, Evaluator.__call__
 
     def interrupting(self, policy):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return original(self, policy)
 
     monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    return lambda: monkeypatch.setattr(Evaluator, "__call__", original)
+
+
+def test_interrupted_search_resumes_without_re_evaluating(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    undo = _interrupt_at_evaluation(monkeypatch, 4)
     config = _write(tmp_path, {**SMOKE, "search": {"backend": "tpe", "evaluations": 8}})
     assert cli.main(["search", config, "--run-dir", str(run_dir), "--quiet"]) == 130
     assert "autoprune resume" in capsys.readouterr().err
     assert _trials(run_dir) == 3
-    monkeypatch.setattr(Evaluator, "__call__", original)
+    undo()
     assert cli.main(["resume", str(run_dir), "--quiet"]) == 0
     summary = json.loads((run_dir / "result.json").read_text())
     assert summary["evaluations"] == 8 and _trials(run_dir) == 8
@@ -242,15 +247,7 @@ def test_the_calibrated_latency_limit_is_measured_once_and_a_resumed_search_keep
         return real(*args, **kwargs)
 
     monkeypatch.setattr(autoprune.latency_calibration, "calibrate_latency_limit", counting)
-    calls, original = {"n": 0}, Evaluator.__call__
-
-    def interrupting(self, policy):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, policy)
-
-    monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    undo = _interrupt_at_evaluation(monkeypatch, 3)
     run_dir = tmp_path / "run"
     # multiples of 8 channels: odd counts can run slower than dense in torch, and the aim becomes unreachable;
     # a loose limit, so that this small model (mostly fixed cost) reaches the aim on a busy machine too
@@ -259,7 +256,7 @@ def test_the_calibrated_latency_limit_is_measured_once_and_a_resumed_search_keep
     assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 130
     saved = json.loads((run_dir / "latency_calibration.json").read_text())
     assert saved["aim"] == pytest.approx(0.95 * 0.975) and 1 <= len(saved["rounds"]) <= 4
-    monkeypatch.setattr(Evaluator, "__call__", original)
+    undo()
     cli.main(["resume", str(run_dir), "--quiet", "--no-report"])
     summary = json.loads((run_dir / "result.json").read_text())
     assert len(measured) == 1 and summary["evaluations"] == 4
