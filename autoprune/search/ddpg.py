@@ -288,12 +288,18 @@ class DDPGSearcher(Searcher):
         model, buffer = io.BytesIO(), io.BytesIO()
         self.model.save(model, exclude=["noise_rng", "sigmas"])
         self.model.save_replay_buffer(buffer)
-        return {"episodes": self.episodes, "model": base64.b64encode(model.getvalue()).decode(),
+        return {"variant": self.variant, "episodes": self.episodes,
+                "model": base64.b64encode(model.getvalue()).decode(),
                 "replay_buffer": base64.b64encode(buffer.getvalue()).decode(),
                 "numpy_stream": self._streams[0], "torch_stream": self._streams[1].numpy().tolist(),
                 "actor_lr": self.model.actor_lr, "critic_lr": self.model.critic_lr}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
+        saved = state.get("variant", "amc")  # checkpoints from before the variants ran AMC's agent
+        if saved != self.variant:
+            raise ValueError(f"this search's checkpoint was written by the DDPG variant {saved!r}, not "
+                             f"{self.variant!r} (the default since the budget-aware agent); continue it with "
+                             f"search.options: {{variant: {saved}}}")
         self.episodes = state["episodes"]
         self.model = _AMCDDPG.load(io.BytesIO(base64.b64decode(state["model"])),
                                    env=self._lockstep(self.parallel_episodes), device="cpu")

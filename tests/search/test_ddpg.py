@@ -81,3 +81,10 @@ def test_the_default_agent_is_budget_aware_with_a_sigma_floor_and_amc_is_kept_un
 def test_an_unknown_variant_is_refused_with_the_choices(evaluator):
     with pytest.raises(ValueError, match="unknown DDPG variant 'amcc'.*amc, budget_aware"):
         create_searcher("ddpg", evaluator=evaluator, variant="amcc")
+
+
+def test_a_checkpoint_of_the_other_variant_is_refused_with_the_option_that_continues_it(evaluator):
+    amc = create_searcher("ddpg", evaluator=evaluator, warmup=2, variant="amc")
+    amc.run(3, show_progress=False)
+    with pytest.raises(ValueError, match="variant 'amc', not 'budget_aware'.*search.options: {variant: amc}"):
+        create_searcher("ddpg", evaluator=evaluator, warmup=2).load_state_dict(amc.state_dict())
