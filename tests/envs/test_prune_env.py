@@ -70,7 +70,7 @@ def test_reset_is_deterministic(resnet_env):
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet56", "vgg16", "mobilenetv2"])
 @pytest.mark.parametrize("flops", [0.5, 0.25])
-@pytest.mark.parametrize("budget_aware", [False, True])
+@pytest.mark.parametrize("budget_aware", [False, pytest.param(True, marks=pytest.mark.slow)])  # make test-all
 def test_random_episodes_always_end_within_budget(name, flops, budget_aware):
     env = PruneEnv(_evaluator(name, flops, n=4), budget_aware=budget_aware)
     pruner = env.evaluator.pruner
@@ -79,6 +79,12 @@ def test_random_episodes_always_end_within_budget(name, flops, budget_aware):
         assert result.feasible and result.flops_ratio <= flops
         if episode < 2:  # and the physically pruned, counted model agrees
             assert count_costs(pruner.prune(result.policy), x).macs <= flops * env.space.dense_costs.macs
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg16"])
+def test_budget_aware_random_episodes_end_within_budget(name):
+    env = PruneEnv(_evaluator(name, 0.25, n=4), budget_aware=True)
+    assert all(r.feasible and r.flops_ratio <= 0.25 for r in random_episodes(env, 12))
 
 
 def test_budget_aware_midpoint_actions_are_the_uniform_policy_and_spend_the_budget():

@@ -51,7 +51,9 @@ def _kill_after(run_dir: Path, config: str, k: int) -> list:
     return read_ledger(run_dir)
 
 
-@pytest.mark.parametrize("backend", list(OPTIONS))
+# random and nsga2 resume through the same Optuna ask/tell ledger as tpe: those two run with `make test-all`
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.slow if b in ("random", "nsga2") else [])
+                                     for b in OPTIONS])
 def test_search_killed_with_sigkill_resumes_to_exactly_n_distinct_evaluations(backend, tmp_path, dense_checkpoint):
     run_dir = tmp_path / "run"
     before = _kill_after(run_dir, _config(tmp_path, backend, dense_checkpoint), k=5)
