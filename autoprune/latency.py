@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from autoprune.costs import Dim
+from autoprune.run_directory import write_atomically
 from autoprune.search_spaces import SearchSpace
 
 __all__ = ["RUNTIMES", "LatencyTable", "make_runner", "measure", "measure_latency"]
@@ -299,9 +300,7 @@ class LatencyTable:
                 "activation": self.activation,
                 "layers": [{"name": t.name, "out_grid": t.out_grid.tolist(), "in_grid": t.in_grid.tolist(),
                             "seconds": t.seconds.tolist()} for t in self.layers]}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(blob))
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(blob))
 
     @classmethod
     def _load(cls, path: Path) -> LatencyTable:
