@@ -81,6 +81,7 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._t = 0
         self._ratios: dict[str, float] = {}
         self._previous = 0.0
+        self._spread_at: tuple[int, float] | None = None
 
     def observation(self) -> np.ndarray:
         t = self._t
@@ -93,7 +94,7 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self._t, self._ratios, self._previous = 0, {}, 0.0
+        self._t, self._ratios, self._previous, self._spread_at = 0, {}, 0.0, None
         return self.observation(), {"group": self.space.groups[0].name}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -125,9 +126,13 @@ class PruneEnv(gym.Env[np.ndarray, np.ndarray]):
         return {"group": g.name, "ratio": ratio, "wall": wall}
 
     def _spread(self) -> float:
+        # Asked twice per step (the observation, then decide); a bisection over the cost model each time,
+        # so kept per group: the ratios it depends on (earlier groups') change only when the step advances.
         t = min(self._t, len(self.space.groups) - 1)
-        return spread_ratio(self.space, self.budget, {k: r for k, r in self._ratios.items()
-                                                      if k != self.space.groups[t].name}, t)
+        if self._spread_at is None or self._spread_at[0] != t:
+            self._spread_at = (t, spread_ratio(self.space, self.budget, {k: r for k, r in self._ratios.items()
+                                                                         if k != self.space.groups[t].name}, t))
+        return self._spread_at[1]
 
     @property
     def policy_complete(self) -> bool:
