@@ -38,11 +38,15 @@ test-tools:
 demo: $(STAMP) data
 	$(VENV)/bin/autoprune demo
 
+# Tests run one torch thread each: two pytest-xdist workers use both cores. Tests that start Ray run
+# after them, alone (a Ray worker starved of CPU is declared dead and fails a test that is not about that).
 test: $(STAMP) data test-tools
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow and not ray"
+	$(PY) -m pytest -q -m "not slow and ray"
 
 test-all: $(STAMP) data test-tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 -m "not ray"
+	$(PY) -m pytest -q -m ray
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check autoprune tests benchmarks

@@ -18,6 +18,8 @@ import yaml
 
 from autoprune.search import count_recorded, read_ledger
 
+pytestmark = pytest.mark.ray  # make test runs these alone, after the parallel part
+
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent))
 EVALUATIONS = 8
 

@@ -60,7 +60,8 @@ def _refit():
 IMPLEMENTATIONS = {"adaptive_bn": _adaptive_bn, "ray_workers": _on_ray, "pruningnet": _pruningnet, "refit": _refit}
 
 
-@pytest.fixture(scope="module", params=list(IMPLEMENTATIONS))
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.ray) if name == "ray_workers" else name
+                                        for name in IMPLEMENTATIONS])
 def evaluator(request):
     ev, close = IMPLEMENTATIONS[request.param]()
     yield ev

@@ -170,6 +170,7 @@ def test_asking_for_a_gpu_without_one_is_a_usage_error(tmp_path, capsys):
     assert "evaluation.device: cuda" in err and "no CUDA device" in err and "\n" not in err
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize(("backend", "options"), [("random", {"batch_size": 2}),
                                                   ("ddpg", {"parallel_episodes": 2, "warmup": 2})])
 def test_parallel_workers_on_ray_record_the_same_search(backend, options, tmp_path):

@@ -16,6 +16,8 @@ from autoprune.models.zoo import create_model
 from autoprune.search_spaces import SearchSpace
 from tests.conftest import random_data
 
+pytestmark = pytest.mark.ray  # make test runs these alone, after the parallel part
+
 
 class _SlowEvaluator(Evaluator):
     def __call__(self, policy):  # long enough to be killed in the middle of one
