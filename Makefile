@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-all lint data test-tools venv clean
+.PHONY: demo test test-all lint data test-tools venv modelopt-venv clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,13 @@ test: $(STAMP) data test-tools
 test-all: $(STAMP) data test-tools
 	$(PY) -m pytest -q -n 2 -m "not ray"
 	$(PY) -m pytest -q -m ray
+
+# Only for benchmarks/modelopt_fastnas.py (the peer a user would pick instead): a venv of its own, since
+# nvidia-modelopt pulls a torchvision that cannot load beside the pinned CPU torch (it imports without it).
+modelopt-venv:
+	test -x .venv-modelopt/bin/python || python3 -m venv .venv-modelopt
+	.venv-modelopt/bin/python -m pip install -q -c constraints.txt -e . nvidia-modelopt==0.47.0 torchprofile==0.0.4 huggingface_hub
+	.venv-modelopt/bin/python -m pip uninstall -y -q torchvision
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check autoprune tests benchmarks
