@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -30,14 +32,21 @@ from autoprune.progress import stderr_into
 from autoprune.result import Result
 from autoprune.scoring import PolicyEvaluator
 
-__all__ = ["WORKER_RESTARTS", "RayEvaluator", "WorkersLostError"]
+__all__ = ["UNAVAILABLE_PATIENCE_S", "WORKER_RESTARTS", "RayEvaluator", "WorkersLostError"]
 
 log = logging.getLogger(__name__)
 WORKER_RESTARTS = 3  # Ray restarts of each dead actor, each retrying the evaluation it was running
+# How long an actor may stay unavailable (restarting on another node; starved of CPU) before the search stops
+UNAVAILABLE_PATIENCE_S = 120.0
 
 
 class WorkersLostError(RuntimeError):
     """A Ray worker died and could not be replaced."""
+
+
+def _lost(error: Exception) -> WorkersLostError:
+    return WorkersLostError(f"a Ray worker died and could not be replaced ({type(error).__name__}); the evaluations "
+                            "recorded so far are kept: continue with 'autoprune resume RUN_DIR'")
 
 
 @contextmanager
@@ -86,7 +95,6 @@ class RayEvaluator:
     def __init__(self, evaluator: PolicyEvaluator, *, workers: int = 2, address: str | None = None,
                  threads_per_worker: int = 1) -> None:
         import ray
-        from ray.util import ActorPool
 
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -103,26 +111,49 @@ class RayEvaluator:
                                max_task_retries=WORKER_RESTARTS, scheduling_strategy="SPREAD")(_EvaluatorActor)
             self._actors = [actor.remote(self._shared, threads_per_worker)  # type: ignore[attr-defined]
                             for _ in range(workers)]
-            self._pool = ActorPool(self._actors)
             self.workers = workers
             # waits until every actor is up, and says where they run
             self.nodes = sorted(set(ray.get([a.node.remote() for a in self._actors])))  # type: ignore[attr-defined]
         log.info("%d Ray workers on %d node(s)", workers, len(self.nodes))
 
     def map(self, policies: Sequence[Mapping[str, float]]) -> list[Result]:
-        """Results in the order of ``policies``, computed on the actors in parallel.
+        """Results in the order of ``policies``, computed on the actors in parallel (each actor one at a time).
+
+        An actor Ray calls *unavailable* (restarting, or its node too busy to answer) gets the policy again
+        once it answers, for up to :data:`UNAVAILABLE_PATIENCE_S`: scoring a policy has no side effect, and
+        the driver records each result once. (Ray's ``ActorPool`` gives up the whole batch on the first error.)
 
         Raises:
-            WorkersLostError: a worker died more often than Ray may restart it (or its cluster is gone).
+            WorkersLostError: a worker died more often than Ray may restart it (or its cluster is gone), or
+                stayed unavailable past the patience.
         """
-        from ray.exceptions import RayActorError
+        import ray
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
-        try:
-            return list(self._pool.map(lambda a, p: a.evaluate.remote(p), list(policies)))
-        except RayActorError as e:
-            raise WorkersLostError(f"a Ray worker died and could not be replaced ({type(e).__name__}); the "
-                                   "evaluations recorded so far are kept: continue with 'autoprune resume RUN_DIR'"
-                                   ) from None
+        results: list[Result | None] = [None] * len(policies)
+        queue, free = deque(range(len(policies))), list(self._actors)
+        running: dict[Any, tuple[int, Any]] = {}
+        unavailable_since: float | None = None
+        while queue or running:
+            while queue and free:
+                i, actor = queue.popleft(), free.pop()
+                running[actor.evaluate.remote(policies[i])] = (i, actor)  # type: ignore[attr-defined]
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            i, actor = running.pop(ref)
+            try:
+                results[i] = ray.get(ref)
+                unavailable_since = None
+            except ActorUnavailableError as e:
+                unavailable_since = unavailable_since or time.monotonic()
+                if time.monotonic() - unavailable_since > UNAVAILABLE_PATIENCE_S:
+                    raise _lost(e) from None
+                log.warning("a Ray worker is unavailable (%s); its policy is sent again", type(e).__name__)
+                time.sleep(1.0)
+                queue.append(i)
+            except RayActorError as e:
+                raise _lost(e) from None
+            free.append(actor)
+        return results  # type: ignore[return-value]  # every index was filled or the loop raised
 
     def worker_pids(self) -> list[int]:
         """Process ids of the workers (on their nodes), e.g. to check that a killed one was replaced."""

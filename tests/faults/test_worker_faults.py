@@ -61,6 +61,40 @@ def test_a_killed_worker_is_replaced_and_its_evaluation_rerun(ray_evaluator):
     assert victim not in pids and len(set(pids)) == 2  # replaced
 
 
+
+@pytest.mark.parametrize("ray_evaluator", [3], ids=["restarts"], indirect=True)
+@pytest.mark.parametrize("answers_again", [True, False], ids=["answers-again", "never-answers"])
+def test_a_worker_ray_calls_unavailable_gets_its_policy_again(ray_evaluator, monkeypatch, answers_again):
+    """Ray reports an actor *unavailable* while it restarts on another node or is starved of CPU (seen when a
+    two-node cluster lost a node on a loaded machine): the batch goes on, each policy scored once, in order;
+    an actor that never answers again stops the search with the message that says to resume."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    import autoprune.parallel_evaluation
+    from autoprune.parallel_evaluation import WorkersLostError
+
+    ray_ev, space, _ = ray_evaluator
+    real_get, reports = ray.get, []
+
+    def flaky_get(ref, *args, **kwargs):
+        if len(reports) < (2 if answers_again else 10**6):
+            reports.append(ref)
+            raise ActorUnavailableError("injected: the actor is restarting", None)
+        return real_get(ref, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "get", flaky_get)
+    policies = [space.sample(np.random.default_rng(i)) for i in range(4)]
+    if not answers_again:
+        monkeypatch.setattr(autoprune.parallel_evaluation, "UNAVAILABLE_PATIENCE_S", 2.0)
+        with pytest.raises(WorkersLostError, match="continue with 'autoprune resume RUN_DIR'"):
+            ray_ev.map(policies)
+        return
+    results = ray_ev.map(policies)
+    assert len(reports) == 2
+    assert [r.policy for r in results] == [space.validate(p) for p in policies]  # all, once each, in order
+
+
 def test_ray_start_up_notices_go_to_the_log_not_the_terminal():
     """In a fresh process (Ray's state in this one depends on the tests before): nothing of Ray's on stderr,
     its notices in the log."""
