@@ -119,9 +119,10 @@ class RayEvaluator:
     def map(self, policies: Sequence[Mapping[str, float]]) -> list[Result]:
         """Results in the order of ``policies``, computed on the actors in parallel (each actor one at a time).
 
-        An actor Ray calls *unavailable* (restarting, or its node too busy to answer) gets the policy again
-        once it answers, for up to :data:`UNAVAILABLE_PATIENCE_S`: scoring a policy has no side effect, and
-        the driver records each result once. (Ray's ``ActorPool`` gives up the whole batch on the first error.)
+        When Ray calls an actor *unavailable* (restarting, or its node too busy to answer), its policy is sent
+        again to the next free actor, for up to :data:`UNAVAILABLE_PATIENCE_S`: scoring a policy has no side
+        effect, and the driver records each result once. (Ray's ``ActorPool`` gives up the whole batch on the
+        first error.)
 
         Raises:
             WorkersLostError: a worker died more often than Ray may restart it (or its cluster is gone), or
