@@ -192,11 +192,10 @@ def _model_sections(model: str, policies: list[dict[str, Any]], rows: list[dict[
                   "an interval that contains 0: the data cannot tell the two proxies apart):", "",
                   "| budget | proxy | τ − τ(adaptive_bn) | 90% interval |", "|---|---|---|---|"]
         for budget in sorted({p["budget"] for p in policies}, reverse=True):
-            at_budget = [p for p in policies if p["budget"] == budget and p["index"] in target]
+            group = [p for p in policies if p["budget"] == budget and p["index"] in target]
             # the proxies measured on every policy here (ResNet-56 has no fine-tune proxies)
             names = [k for k in ("adaptive_bn", "refit", "finetune_50")
-                     if all(p["index"] in scores.get(k, {}) for p in at_budget)]
-            group = at_budget
+                     if all(p["index"] in scores.get(k, {}) for p in group)]
             if len(group) < 3 or names[:1] != ["adaptive_bn"] or len(names) < 2:
                 continue
             y = [target[p["index"]] for p in group]

@@ -61,7 +61,6 @@ def test_a_killed_worker_is_replaced_and_its_evaluation_rerun(ray_evaluator):
     assert victim not in pids and len(set(pids)) == 2  # replaced
 
 
-
 @pytest.mark.parametrize("ray_evaluator", [3], ids=["restarts"], indirect=True)
 @pytest.mark.parametrize("answers_again", [True, False], ids=["answers-again", "never-answers"])
 def test_a_worker_ray_calls_unavailable_gets_its_policy_again(ray_evaluator, monkeypatch, answers_again):
