@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -84,13 +85,15 @@ def _why_nothing_completed(results: list[Result]) -> str:
 
 
 def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
-                             max_checks: int = 10) -> tuple[Result, dict[str, Any]]:
+                             max_checks: int = 10, rounds: int = 3) -> tuple[Result, dict[str, Any]]:
     """The best-rewarded evaluation whose *measured* latency meets the budget.
 
     The latency table's predictions are off by a few percent (benchmarks/results/latency.md), so
     the candidates are measured against the dense model (interleaved, on this machine) in order
-    of reward; the first that meets the limit is the one returned. ``within_budget`` is False
-    when none of the ``max_checks`` best does, and the best is returned as searched.
+    of reward; the first whose slowest of ``rounds`` measurements meets the limit is the one returned
+    (one round's ratio drifts by 1-2 points on a quiet machine: a candidate that fits once at the edge
+    measures over the limit later as often as not). ``within_budget`` is False when none of the
+    ``max_checks`` best does, and the best is returned as searched.
     """
     from autoprune.latency import make_runner, measure
 
@@ -103,15 +106,19 @@ def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
     for result in candidates[:max_checks]:
         # latency depends on the pruned shapes only, whichever channels go
         shaped = evaluator.space.shaped_copy(evaluator.model, result.policy)
-        t = measure({"dense": dense_runner, "pruned": make_runner(shaped, x, runtime)}, repeats=30)
-        ratio = t["pruned"] / t["dense"]
-        ok = (budget.latency is None or ratio <= budget.latency) and (
-            budget.latency_ms is None or t["pruned"] * 1e3 <= budget.latency_ms)
-        checks.append({"dense_ms": t["dense"] * 1e3, "pruned_ms": t["pruned"] * 1e3, "ratio": ratio,
+        runners = {"dense": dense_runner, "pruned": make_runner(shaped, x, runtime)}
+        times = [measure(runners, repeats=30) for _ in range(rounds)]
+        ratios = [t["pruned"] / t["dense"] for t in times]
+        ratio = statistics.median(ratios)
+        ok = (budget.latency is None or max(ratios) <= budget.latency) and (
+            budget.latency_ms is None or max(t["pruned"] for t in times) * 1e3 <= budget.latency_ms)
+        checks.append({"dense_ms": statistics.median(t["dense"] for t in times) * 1e3,
+                       "pruned_ms": statistics.median(t["pruned"] for t in times) * 1e3,
+                       "ratio": ratio, "round_ratios": ratios,
                        "predicted_ratio": (result.latency or math.nan) / (evaluator.space.dense_costs.latency or 1),
                        "reward": result.reward})
-        log.info("measured latency of candidate %d: %.1f%% of dense (%s)", len(checks), 100 * ratio,
-                 "within budget" if ok else "over budget")
+        log.info("measured latency of candidate %d: %.1f%% of dense, slowest of %d rounds %.1f%% (%s)",
+                 len(checks), 100 * ratio, rounds, 100 * max(ratios), "within budget" if ok else "over budget")
         if ok:
             return result, {**checks[-1], "within_budget": True, "runtime": runtime, "checked": checks}
     return candidates[0], {**checks[0], "within_budget": False, "runtime": runtime, "checked": checks}
