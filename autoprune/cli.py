@@ -115,7 +115,7 @@ def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
     m = s.get("measured_latency")
     if m:
         print(f"measured latency ({m['runtime']}): {m['pruned_ms']:.3f} ms = {m['ratio']:.1%} of dense "
-              f"({m['dense_ms']:.3f} ms; slowest of {len(m['round_ratios'])} rounds {max(m['round_ratios']):.1%}); "
+              f"({m['dense_ms']:.3f} ms; median of {len(m['round_ratios'])} rounds); "
               f"{'within' if m['within_budget'] else 'NOT within'} the latency budget "
               f"after measuring {len(m['checked'])} candidate(s)")
         if not m["within_budget"]:

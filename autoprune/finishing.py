@@ -90,10 +90,10 @@ def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
 
     The latency table's predictions are off by a few percent (benchmarks/results/latency.md), so
     the candidates are measured against the dense model (interleaved, on this machine) in order
-    of reward; the first whose slowest of ``rounds`` measurements meets the limit is the one returned
-    (one round's ratio drifts by 1-2 points on a quiet machine: a candidate that fits once at the edge
-    measures over the limit later as often as not). ``within_budget`` is False when none of the
-    ``max_checks`` best does, and the best is returned as searched.
+    of reward; the first whose median of ``rounds`` measurements meets the limit is the one returned (one
+    round's ratio can move by several points; requiring the slowest round to fit passed over all ten
+    candidates of a MobileNetV2 search whose medians fitted, benchmarks/README.md). ``within_budget`` is
+    False when none of the ``max_checks`` best does, and the best is returned as searched.
     """
     from autoprune.latency import make_runner, measure
 
@@ -110,8 +110,8 @@ def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
         times = [measure(runners, repeats=30) for _ in range(rounds)]
         ratios = [t["pruned"] / t["dense"] for t in times]
         ratio = statistics.median(ratios)
-        ok = (budget.latency is None or max(ratios) <= budget.latency) and (
-            budget.latency_ms is None or max(t["pruned"] for t in times) * 1e3 <= budget.latency_ms)
+        ok = (budget.latency is None or ratio <= budget.latency) and (
+            budget.latency_ms is None or statistics.median(t["pruned"] for t in times) * 1e3 <= budget.latency_ms)
         checks.append({"dense_ms": statistics.median(t["dense"] for t in times) * 1e3,
                        "pruned_ms": statistics.median(t["pruned"] for t in times) * 1e3,
                        "ratio": ratio, "round_ratios": ratios,

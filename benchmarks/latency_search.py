@@ -70,7 +70,7 @@ def run_one(seed: int, args: argparse.Namespace, command: str) -> dict[str, Any]
 
 def _runs_check(row: dict[str, Any]) -> str:
     """What the run measured of the model it shipped: its rounds' median, and the slowest round where it kept
-    them (since the run ships only a candidate whose slowest round fits). The shipped candidate is the checked
+    them. The shipped candidate is the checked
     one with the shipped policy's predicted latency (the last checked, unless none fitted)."""
     checks, shipped = row["candidates_measured_by_the_search"], row["predicted_ratio"]
     check = min(checks, key=lambda c: abs(c["predicted_ratio"] - shipped))
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--markdown-only", action="store_true", help="rebuild the .md from the .jsonl and stop")
     args = parser.parse_args()
     command = "python " + " ".join(sys.argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     ledger, table = Path(args.out) / "latency_search.jsonl", Path(args.out) / "latency_search.md"
 
     def done() -> list[dict[str, Any]]:

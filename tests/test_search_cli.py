@@ -207,12 +207,12 @@ def test_a_latency_budget_is_checked_by_measuring_the_shipped_model(tmp_path):
         assert summary["best"]["reward"] == measured["reward"]  # the shipped policy is the one measured
 
 
-CHECK_ROUNDS = 3  # finishing measures each candidate this many times; its slowest round must fit
+CHECK_ROUNDS = 3  # finishing measures each candidate this many times; the median must fit
 
 
 @pytest.mark.parametrize("ratios, shipped, within", [
     ([0.95, 0.85, 0.80], 1, True), ([0.95] * 4, 0, False),
-    ([(0.86, 0.92, 0.87), (0.88, 0.89, 0.87)], 1, True)])  # the first fits at its median, not in its slowest round
+    ([(0.85, 0.93, 0.92), (0.95, 0.88, 0.89)], 1, True)])  # the first fits in one round, not at its median
 def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_path, monkeypatch, capsys, ratios,
                                                                            shipped, within):
     rounds = _script_measured_latency(monkeypatch, ratios)
