@@ -70,8 +70,8 @@ def run_one(seed: int, args: argparse.Namespace, command: str) -> dict[str, Any]
 
 def _runs_check(row: dict[str, Any]) -> str:
     """What the run measured of the model it shipped: its rounds' median, and the slowest round where it kept
-    them. The shipped candidate is the checked
-    one with the shipped policy's predicted latency (the last checked, unless none fitted)."""
+    them. The shipped candidate is the checked one with the shipped policy's predicted latency (the last
+    checked, unless none fitted)."""
     checks, shipped = row["candidates_measured_by_the_search"], row["predicted_ratio"]
     check = min(checks, key=lambda c: abs(c["predicted_ratio"] - shipped))
     rounds = check.get("round_ratios")
