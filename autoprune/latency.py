@@ -3,7 +3,10 @@ a policy's latency in microseconds.
 
 Measurement (:func:`measure`) follows what CPU timing needs to be trusted: one thread, warm-up,
 candidates *interleaved* round by round (so a noisy neighbour slows all of them alike), and the
-median of many samples, each long enough (>= 1 ms) for the clock.
+median of many samples, each of back-to-back calls lasting at least :data:`SAMPLE_S`. Not one call
+per sample: the first call after another model's finds the caches cold. Timed one call per sample,
+three pruned MobileNetV2s measured 60-62% of dense; in 10 ms samples, what a serving loop sees,
+55-58%, and steadier from round to round (benchmarks/README.md, *Latency-constrained search*).
 
 The table (:class:`LatencyTable`) times every prunable Conv/Linear layer alone, on a grid of kept
 (output, input) widths, in the target runtime, and interpolates between grid points. Identical
@@ -106,8 +109,12 @@ def make_runner(model: nn.Module, x: torch.Tensor, runtime: str = "torch") -> Ca
     raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
 
 
+SAMPLE_S = 1e-2  # seconds of back-to-back calls per sample at the least (see the module docstring)
+LAYER_SAMPLE_S = 1e-3  # a layer run alone: called thousands of times a sample, warm all along
+
+
 def measure(runners: Mapping[str, Callable[[], Any]], *, repeats: int = 15, warmup: int = 2,
-            min_sample_s: float = 1e-3) -> dict[str, float]:
+            min_sample_s: float = SAMPLE_S) -> dict[str, float]:
     """Median seconds per call of each runner, measured interleaved on one thread."""
     with _one_thread():
         inner = {}
@@ -255,7 +262,7 @@ class LatencyTable:
                 for sig in names[start_i:start_i + chunk]:
                     layer_module, layer_input = signatures[sig]()
                     runners[sig] = make_runner(layer_module, layer_input, runtime)
-                seconds.update(measure(runners, repeats=repeats))
+                seconds.update(measure(runners, repeats=repeats, min_sample_s=LAYER_SAMPLE_S))
                 bar.advance(len(runners))
         layers = [_TableLayer(name, out_grid, in_grid, np.array([seconds[s] for s in row]).reshape(len(out_grid), -1))
                   for (name, out_grid, in_grid, _), row in zip(plans, cells, strict=True)]

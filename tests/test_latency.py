@@ -1,9 +1,11 @@
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from autoprune.budget import Budget, project, uniform_policy
-from autoprune.latency import LatencyTable, make_runner, measure, measure_latency
+from autoprune.latency import SAMPLE_S, LatencyTable, make_runner, measure, measure_latency
 from autoprune.models.zoo import create_model
 from autoprune.search_spaces import SearchSpace
 
@@ -46,6 +48,21 @@ def test_measure_returns_a_median_per_candidate():
     t = measure({"small": make_runner(small_m, x8), "big": make_runner(big_m, x512)}, repeats=5)
     assert set(t) == {"small", "big"} and 0 < t["small"] < t["big"]
     assert measure_latency(small_m, x8, repeats=3) > 0
+
+
+def test_each_sample_times_calls_back_to_back_for_at_least_the_sample_length():
+    # one call per sample would time a model whose caches the other model's call just evicted
+    calls = {"a": 0, "b": 0}
+
+    def runner(name):
+        def run():
+            calls[name] += 1
+            time.sleep(SAMPLE_S / 10)  # a call of 1 ms: a 1 ms sample would hold one
+        return run
+
+    measure({"a": runner("a"), "b": runner("b")}, repeats=3, warmup=1)
+    per_sample = [(n - 2) / 3 for n in calls.values()]  # less the warm-up call and the call that sized samples
+    assert all(n >= 3 for n in per_sample), calls
 
 
 def test_table_is_cached_on_disk_and_reloads_identically(small):
