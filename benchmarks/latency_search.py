@@ -104,13 +104,11 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
         limit = f"{c['limit']:.1%}" if c else "-"
         lines.append(
             f"| {r.get('sample_ms') or 1:.0f} ms | {r['target_ratio']:.0%} | {r['seed']} | {r['evaluations']} "
-            f"| {'yes' if c else 'no'} | {first} | {limit} | ")
-        lines[-1] += (f"{r['predicted_ratio']:.1%} | {_runs_check(r)} "
-                      f"| {r['measured_ratio_median']:.1%} "
-                      f"| {', '.join(f'{x:.1%}' for x in r['measured_ratio_rounds'])} "
-                      f"| {len(r['candidates_measured_by_the_search'])} | {r['flops_ratio']:.1%} "
-                      f"| {r['dense_test_accuracy']:.2%} -> {r['pruned_test_accuracy']:.2%} "
-                      f"| {'yes' if r['meets_target'] else 'NO'} | {'yes' if r['in_window'] else 'NO'} |")
+            f"| {'yes' if c else 'no'} | {first} | {limit} | {r['predicted_ratio']:.1%} | {_runs_check(r)} "
+            f"| {r['measured_ratio_median']:.1%} | {', '.join(f'{x:.1%}' for x in r['measured_ratio_rounds'])} "
+            f"| {len(r['candidates_measured_by_the_search'])} | {r['flops_ratio']:.1%} "
+            f"| {r['dense_test_accuracy']:.2%} -> {r['pruned_test_accuracy']:.2%} "
+            f"| {'yes' if r['meets_target'] else 'NO'} | {'yes' if r['in_window'] else 'NO'} |")
     path.write_text("\n".join(lines) + "\n")
 
 
