@@ -121,6 +121,9 @@ def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
         if not m["within_budget"]:
             print("the latency table predicted these candidates within the limit; search further under it with "
                   "--set latency.margin=0.05 (5%)")
+        elif not m.get("lands", True):
+            print("it leaves some of the latency budget unused (more than latency.window under the limit), and no "
+                  "candidate as accurate measured closer to it; search longer (--evaluations) or lower latency.margin")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -76,6 +76,10 @@ class LatencyConfig(_Section):
     # the search aims this fraction under a latency limit (60% -> 58.5%), so that most of what it proposes
     # also measures under it; the shipped model is measured against the limit itself
     margin: float = Field(default=0.025, ge=0, lt=1)
+    # the shipped model should measure at most this far under the limit (fraction of dense latency): a faster
+    # one leaves budget unused, so the check after the search prefers an equally accurate one closer to it;
+    # 1: the best-rewarded model that fits ships, however fast
+    window: float = Field(default=0.03, ge=0, le=1)
     # before the search, whole models are measured and the search's limit corrected until they measure at
     # the aim (autoprune/latency_calibration.py); off: the table's prediction is trusted as it is
     calibrate: bool = True

@@ -157,10 +157,12 @@ def test_every_shipped_config_runs(name, tmp_path):
     if config["model"].get("train_epochs"):
         small += ["--set", "model.train_epochs=0.005"]
     run_dir = tmp_path / "run"
-    assert cli.main(["search", str(CONFIGS / name), "--run-dir", str(run_dir),
-                     "--quiet", *small]) == 0
+    code = cli.main(["search", str(CONFIGS / name), "--run-dir", str(run_dir), "--quiet", *small])
     summary = json.loads((run_dir / "result.json").read_text())
-    assert summary["meets_budget"] and summary["evaluations"] == 5
+    assert summary["evaluations"] == 5 and code == (0 if summary["meets_budget"] else 1)
+    # a latency budget is met when measured, and 5 candidates timed on a loaded machine may all miss it
+    # (the verdict's logic: test_the_best_candidate_measured_within_the_latency_budget_is_shipped)
+    assert summary["meets_budget"] or summary["measured_latency"] and not summary["measured_latency"]["within_budget"]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
@@ -211,7 +213,7 @@ CHECK_ROUNDS = 3  # finishing measures each candidate this many times; the media
 
 
 @pytest.mark.parametrize("ratios, shipped, within", [
-    ([0.95, 0.85, 0.80], 1, True), ([0.95] * 4, 0, False),
+    ([0.95, 0.88, 0.80], 1, True), ([0.95] * 4, 0, False),
     ([(0.85, 0.93, 0.92), (0.95, 0.88, 0.89)], 1, True)])  # the first fits in one round, not at its median
 def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_path, monkeypatch, capsys, ratios,
                                                                            shipped, within):
@@ -230,10 +232,21 @@ def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_pa
     assert summary["best"]["reward"] == rewards[shipped]  # the first that fits, else the best as searched
 
 
+def test_a_shipped_model_far_under_the_latency_limit_is_said_to_leave_budget_unused(tmp_path, monkeypatch, capsys):
+    _script_measured_latency(monkeypatch, [0.80] * 4)  # every candidate 10 points under the 0.9 limit
+    assert cli.main(["search", _write(tmp_path, LATENCY_SMOKE), "--run-dir", str(tmp_path / "run"),
+                     "--quiet", "--no-report"]) == 0
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    measured = summary["measured_latency"]
+    assert measured["within_budget"] and not measured["lands"] and summary["meets_budget"]
+    assert summary["best"]["reward"] == measured["checked"][0]["reward"]  # none lands: the best that fits
+    assert "leaves some of the latency budget unused" in capsys.readouterr().out
+
+
 def test_a_latency_margin_aims_the_search_under_the_limit_that_the_shipped_model_is_measured_against(
         tmp_path, monkeypatch):
     # over the search's 0.81 but within the 0.9 asked for; then the report's torch and onnxruntime timings
-    _script_measured_latency(monkeypatch, [0.85] * 3)
+    _script_measured_latency(monkeypatch, [0.88] * 3)
     config = {**LATENCY_SMOKE, "latency": {"runtime": "torch", "margin": 0.1, "calibrate": False}}
     assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "run" / "result.json").read_text())
