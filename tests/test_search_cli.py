@@ -257,6 +257,28 @@ def test_a_latency_margin_aims_the_search_under_the_limit_that_the_shipped_model
     assert summary["measured_latency"]["within_budget"] and summary["meets_budget"]
 
 
+def test_a_model_measured_within_the_latency_limit_meets_it_whatever_the_table_predicted(tmp_path, monkeypatch):
+    """Whole models measure at half the table's prediction, so the calibrated search works under a predicted
+    limit above the user's 0.9; the shipped model, measured at 0.88 of dense, meets the budget."""
+    import autoprune.latency_calibration
+
+    def halved(runtime, x):
+        def time_models(models):
+            size = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+            return {name: (1.0 if name == "dense" else 0.5) * n / size["dense"] for name, n in size.items()}
+        return time_models
+
+    monkeypatch.setattr(autoprune.latency_calibration, "time_in", halved)
+    _script_measured_latency(monkeypatch, [0.88] * 4)
+    config = {**LATENCY_SMOKE, "latency": {"runtime": "torch"}, "pruner": {"round_to": 8}}
+    assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(tmp_path / "run"), "--quiet",
+                     "--no-report"]) == 0
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    measured = summary["measured_latency"]
+    assert measured["predicted_ratio"] > 0.9 and measured["ratio"] == 0.88  # over the limit in the table's units
+    assert measured["within_budget"] and summary["meets_budget"]
+
+
 def test_the_calibrated_latency_limit_is_measured_once_and_a_resumed_search_keeps_it(tmp_path, monkeypatch):
     """Killed mid-search, the run resumes under the limit it measured, without measuring again (a fresh
     measurement on a busier machine would give a different limit, and the search would change course)."""
