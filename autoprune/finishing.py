@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
 from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,11 +13,12 @@ from typing import Any
 from autoprune.assembly import requested_budget
 from autoprune.config import Config
 from autoprune.data import Splits
+from autoprune.latency_check import LatencyCheck
 from autoprune.result import Result
 from autoprune.run_directory import LATENCY_CALIBRATION
 from autoprune.search import Searcher
 
-__all__ = ["choose_measured", "finish"]
+__all__ = ["finish"]
 
 log = logging.getLogger("autoprune.run")
 
@@ -86,71 +85,13 @@ def _why_nothing_completed(results: list[Result]) -> str:
             "pruner.bounds' minimum")
 
 
-def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits,
-                             max_checks: int = 10, rounds: int = 3) -> tuple[Result, dict[str, Any]]:
-    """The best-rewarded evaluation whose *measured* latency meets the budget, and uses it.
-
-    The latency table's predictions are off by a few percent (benchmarks/results/latency.md), so
-    the candidates are measured against the dense model (interleaved, on this machine) in order
-    of reward; a candidate fits when the median of ``rounds`` measurements meets the limit (one
-    round's ratio can move by several points; requiring the slowest round to fit passed over all ten
-    candidates of a MobileNetV2 search whose medians fitted, benchmarks/README.md). The first that fits
-    ships if it also *lands*: measures within ``latency.window`` of the limit. One that measures faster
-    leaves the user's budget unused, so the check looks on down the ranking, among candidates as accurate
-    as it within the validation noise (one standard error), for one that lands; if none does, the first
-    that fits ships. ``within_budget`` is False when none of the ``max_checks`` best fits, and the best is
-    returned as searched.
-    """
-    from autoprune.latency import make_runner, measure
-
-    evaluator, budget = searcher.evaluator, requested_budget(config)  # the limit itself, not the search's margin
-    x = splits.tensor_inputs(config.latency.batch)
-    runtime = config.latency.runtime
-    dense_runner = make_runner(evaluator.model, x, runtime)
-
-    def check(result: Result) -> dict[str, Any]:
-        # latency depends on the pruned shapes only, whichever channels go
-        shaped = evaluator.space.shaped_copy(evaluator.model, result.policy)
-        runners = {"dense": dense_runner, "pruned": make_runner(shaped, x, runtime)}
-        times = [measure(runners, repeats=30) for _ in range(rounds)]
-        ratios = [t["pruned"] / t["dense"] for t in times]
-        dense_ms = statistics.median(t["dense"] for t in times) * 1e3
-        ratio, pruned_ms = statistics.median(ratios), statistics.median(t["pruned"] for t in times) * 1e3
-        # how far under each limit it measures, as a fraction of dense latency
-        headroom = [] if budget.latency is None else [budget.latency - ratio]
-        headroom += [] if budget.latency_ms is None else [(budget.latency_ms - pruned_ms) / dense_ms]
-        fits = min(headroom) >= 0
-        lands = fits and min(headroom) <= config.latency.window
-        log.info("measured latency of candidate %d: %.1f%% of dense, slowest of %d rounds %.1f%% (%s)",
-                 len(checks) + 1, 100 * ratio, rounds, 100 * max(ratios),
-                 ("within budget" if lands else "within budget, under the window") if fits else "over budget")
-        return {"dense_ms": dense_ms, "pruned_ms": pruned_ms, "ratio": ratio, "round_ratios": ratios,
-                "predicted_ratio": (result.latency or math.nan) / (evaluator.space.dense_costs.latency or 1),
-                "reward": result.reward, "fits": fits, "lands": lands}
-
+def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits) -> tuple[Result, dict[str, Any]]:
+    """The policy that ships under a latency budget, chosen by measuring (:mod:`autoprune.latency_check`), and
+    the check: ``within_budget`` is False when neither a candidate nor a resized policy measured within it."""
+    check = LatencyCheck(searcher.evaluator, requested_budget(config),  # the limit itself, not the search's margin
+                         splits.tensor_inputs(config.latency.batch), runtime=config.latency.runtime,
+                         window=config.latency.window, val_size=min(config.evaluation.val_size, len(splits.val)))
     candidates = sorted((r for r in searcher.ledger.results if r.ok), key=lambda r: -(r.reward or -math.inf))
-    checks: list[dict[str, Any]] = []
-    shipped, measured = choose_measured(candidates[:max_checks], check, min(config.evaluation.val_size,
-                                                                           len(splits.val)), checks)
-    return shipped, {**measured, "within_budget": measured["fits"], "runtime": runtime, "checked": checks}
-
-
-def choose_measured(candidates: Sequence[Result], check: Callable[[Result], dict[str, Any]], val_size: int,
-                    checks: list[dict[str, Any]]) -> tuple[Result, dict[str, Any]]:
-    """The candidate to ship and its check, from ``candidates`` in order of reward, each measured by ``check``
-    (a dict with ``fits`` and ``lands``) and appended to ``checks``: the first that lands; else the first that
-    fits; else the first. After one fits, those clearly less accurate (more than one standard error on
-    ``val_size`` examples) are not measured: the latency they would use is not worth their accuracy."""
-    first_fit: tuple[Result, dict[str, Any]] | None = None
-    noise_floor = 0.0
-    for result in candidates:
-        if first_fit is not None and (result.accuracy or 0.0) < noise_floor:
-            continue
-        checks.append(check(result))
-        if checks[-1]["lands"]:
-            return result, checks[-1]
-        if checks[-1]["fits"] and first_fit is None:
-            first_fit = result, checks[-1]
-            accuracy = result.accuracy or 0.0
-            noise_floor = accuracy - math.sqrt(accuracy * (1 - accuracy) / max(val_size, 1))
-    return first_fit or (candidates[0], checks[0])
+    shipped, verdict = check.choose(candidates)
+    return shipped, {**verdict, "within_budget": verdict["fits"], "runtime": config.latency.runtime,
+                     "checked": check.checks}

@@ -202,7 +202,8 @@ def test_a_latency_budget_is_checked_by_measuring_the_shipped_model(tmp_path):
                      "--quiet", "--no-report"])
     summary = json.loads((tmp_path / "run" / "result.json").read_text())
     measured = summary["measured_latency"]
-    assert 1 <= len(measured["checked"]) <= 4 and measured["runtime"] == "torch"
+    resized = [c["resized"] for c in measured["checked"]]
+    assert 1 <= resized.count(False) <= 4 and resized.count(True) <= 3 and measured["runtime"] == "torch"
     assert 0 < measured["ratio"] < 2 and measured["within_budget"] == (measured["ratio"] <= 0.9)
     assert summary["meets_budget"] == measured["within_budget"] and code == (0 if measured["within_budget"] else 1)
     if measured["within_budget"]:
@@ -223,13 +224,25 @@ def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_pa
     assert ("--set latency.margin=" in capsys.readouterr().out) is not within  # the way out is named
     summary = json.loads((tmp_path / "run" / "result.json").read_text())
     measured = summary["measured_latency"]
-    assert [tuple(c["round_ratios"]) for c in measured["checked"]] == (rounds[:shipped + 1] if within else rounds)
+    candidates = [c for c in measured["checked"] if not c["resized"]]  # then resized policies, measuring the last
+    assert [tuple(c["round_ratios"]) for c in candidates] == (rounds[:shipped + 1] if within else rounds)
     assert [c["ratio"] for c in measured["checked"]] == [statistics.median(c["round_ratios"])
                                                         for c in measured["checked"]]
-    rewards = [c["reward"] for c in measured["checked"]]
+    rewards = [c["reward"] for c in candidates]
     assert rewards == sorted(rewards, reverse=True)  # checked best reward first
     assert measured["within_budget"] is within and summary["meets_budget"] is within
     assert summary["best"]["reward"] == rewards[shipped]  # the first that fits, else the best as searched
+
+
+def test_when_no_candidate_measures_within_the_latency_budget_a_resized_policy_ships(tmp_path, monkeypatch):
+    _script_measured_latency(monkeypatch, [0.95] * 4 + [0.88])  # the 4 candidates over 0.9, then one resized
+    assert cli.main(["search", _write(tmp_path, LATENCY_SMOKE), "--run-dir", str(tmp_path / "run"),
+                     "--quiet", "--no-report"]) == 0
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    measured = summary["measured_latency"]
+    assert [c["resized"] for c in measured["checked"]] == [False] * 4 + [True]
+    assert measured["resized"] and measured["ratio"] == 0.88 and measured["within_budget"] and summary["meets_budget"]
+    assert summary["best"]["reward"] == measured["reward"]  # the resized policy, scored, is what ships
 
 
 def test_a_shipped_model_far_under_the_latency_limit_is_said_to_leave_budget_unused(tmp_path, monkeypatch, capsys):
@@ -314,19 +327,18 @@ def test_the_calibrated_latency_limit_is_measured_once_and_a_resumed_search_keep
 
 
 def _script_measured_latency(monkeypatch, ratios):
-    """The latency table is profiled for real; the shipped candidates' checks measure ``ratios`` in turn, each
-    a number (every round of that candidate's check measures it) or a tuple (one per round); returns the tuples."""
-    import autoprune.latency
+    """The latency table is profiled for real; the check after the search measures ``ratios`` in turn, each
+    a number (every round of that policy's check measures it) or a tuple (one per round), and the last one again
+    for any policy it resizes after them; returns the tuples."""
+    import autoprune.latency_check
 
     rounds = [r if isinstance(r, tuple) else (r,) * CHECK_ROUNDS for r in ratios]
-    pending, real = iter([x for candidate in rounds for x in candidate]), autoprune.latency.measure
+    pending = iter([x for candidate in rounds for x in candidate])
 
     def measure(runners, **options):
-        if set(runners) == {"dense", "pruned"}:
-            return {"dense": 1.0, "pruned": next(pending)}
-        return real(runners, **options)
+        return {"dense": 1.0, "pruned": next(pending, rounds[-1][-1])}
 
-    monkeypatch.setattr(autoprune.latency, "measure", measure)
+    monkeypatch.setattr(autoprune.latency_check, "measure", measure)
     return rounds
 
 
