@@ -88,9 +88,10 @@ def _why_nothing_completed(results: list[Result]) -> str:
 def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits) -> tuple[Result, dict[str, Any]]:
     """The policy that ships under a latency budget, chosen by measuring (:mod:`autoprune.latency_check`), and
     the check: ``within_budget`` is False when neither a candidate nor a resized policy measured within it."""
+    latency = config.latency
     check = LatencyCheck(searcher.evaluator, requested_budget(config),  # the limit itself, not the search's margin
-                         splits.tensor_inputs(config.latency.batch), runtime=config.latency.runtime,
-                         window=config.latency.window, val_size=min(config.evaluation.val_size, len(splits.val)))
+                         splits.tensor_inputs(latency.batch), runtime=latency.runtime, window=latency.window,
+                         margin=latency.margin, val_size=min(config.evaluation.val_size, len(splits.val)))
     candidates = sorted((r for r in searcher.ledger.results if r.ok), key=lambda r: -(r.reward or -math.inf))
     shipped, verdict = check.choose(candidates)
     return shipped, {**verdict, "within_budget": verdict["fits"], "runtime": config.latency.runtime,

@@ -12,9 +12,10 @@ search whose medians fitted, benchmarks/README.md), and *lands* when it also mea
 The first candidate that lands ships. Failing that, the check resizes a policy by measurement: the
 best candidate, when none fits, or the first that fits, when none lands, is moved (the budget
 projection that every search uses: the same shape, all groups pruned more or less) to the predicted
-latency at which it should measure in the middle of the window, scored like any candidate and measured
-again, a few times. A resized policy that lands ships, unless it scored clearly worse (more than one
-standard error of the validation score) than the fitting candidate it would replace.
+latency at which it should measure where the search aimed (by default the middle of the window),
+scored like any candidate and measured again, a few times. A resized policy that lands ships, unless
+it scored clearly worse (more than one standard error of the validation score) than the fitting
+candidate it would replace.
 """
 
 from __future__ import annotations
@@ -76,14 +77,16 @@ class LatencyCheck:
         budget: the user's limits (the search may have worked under a calibrated one in the table's units).
         inputs: the batch the latency is measured on.
         window: how far under the limit (a fraction of dense latency) a shipped model should measure.
+        margin: how far under the limit the search aimed (a fraction of it): a resized policy aims there too,
+            or at the middle of the window if that is closer.
         val_size: validation examples behind each candidate's accuracy (its noise: one standard error).
         rounds: measurements per policy, each of 30 interleaved samples; the median counts.
     """
 
     def __init__(self, evaluator: PolicyEvaluator, budget: Budget, inputs: torch.Tensor, *, runtime: str,
-                 window: float, val_size: int, rounds: int = 3) -> None:
+                 window: float, margin: float, val_size: int, rounds: int = 3) -> None:
         self.evaluator, self.budget, self.inputs, self.runtime = evaluator, budget, inputs, runtime
-        self.window, self.val_size, self.rounds = window, val_size, rounds
+        self.window, self.margin, self.val_size, self.rounds = window, margin, val_size, rounds
         self.checks: list[Check] = []  # every measurement, in order (result.json's ``checked``)
         self._dense: Callable[[], Any] | None = None
 
@@ -135,11 +138,12 @@ class LatencyCheck:
         return resized
 
     def resize(self, start: Result, verdict: Check, *, tries: int) -> tuple[Result, Check] | None:
-        """``start``'s policy moved to the predicted latency that should measure in the middle of the window,
+        """``start``'s policy moved to the predicted latency that should measure within the window,
         scored and measured, up to ``tries`` times (each aim corrected by the last measurement): the first
         that lands, else the last that fits, else None."""
         space, fitting = self.evaluator.space, None
-        aim = self._limit(verdict["dense_ms"]) - self.window / 2
+        limit = self._limit(verdict["dense_ms"])
+        aim = limit - min(self.window / 2, limit * self.margin)  # inside the window, as far under as the search aimed
         for _ in range(tries):
             predicted = min(1.0, verdict["predicted_ratio"] * aim / verdict["ratio"])  # at most the dense model
             try:
@@ -148,9 +152,10 @@ class LatencyCheck:
             except InfeasibleBudgetError:
                 return fitting  # no policy within the bounds is predicted that fast
             result = self.evaluator.map([policy])[0]
-            if not result.failed:
-                verdict = self.measure(result, resized=True)
-                if verdict["lands"]:
-                    return result, verdict
-                fitting = (result, verdict) if verdict["fits"] else fitting
+            if result.failed:
+                return fitting
+            verdict = self.measure(result, resized=True)
+            if verdict["lands"]:
+                return result, verdict
+            fitting = (result, verdict) if verdict["fits"] else fitting
         return fitting
