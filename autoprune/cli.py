@@ -117,7 +117,9 @@ def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
         print(f"measured latency ({m['runtime']}): {m['pruned_ms']:.3f} ms = {m['ratio']:.1%} of dense "
               f"({m['dense_ms']:.3f} ms; median of {len(m['round_ratios'])} rounds); "
               f"{'within' if m['within_budget'] else 'NOT within'} the latency budget "
-              f"after measuring {len(m['checked'])} candidate(s)")
+              f"after measuring {len(m['checked'])} model(s)"
+              + (" (the shipped one resized by measurement: no candidate landed within latency.window)"
+                 if m.get("resized") else ""))
         if not m["within_budget"]:
             print("the latency table predicted these candidates within the limit; search further under it with "
                   "--set latency.margin=0.05 (5%)")

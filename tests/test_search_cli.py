@@ -234,7 +234,7 @@ def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_pa
     assert summary["best"]["reward"] == rewards[shipped]  # the first that fits, else the best as searched
 
 
-def test_when_no_candidate_measures_within_the_latency_budget_a_resized_policy_ships(tmp_path, monkeypatch):
+def test_when_no_candidate_measures_within_the_latency_budget_a_resized_policy_ships(tmp_path, monkeypatch, capsys):
     _script_measured_latency(monkeypatch, [0.95] * 4 + [0.88])  # the 4 candidates over 0.9, then one resized
     assert cli.main(["search", _write(tmp_path, LATENCY_SMOKE), "--run-dir", str(tmp_path / "run"),
                      "--quiet", "--no-report"]) == 0
@@ -242,6 +242,7 @@ def test_when_no_candidate_measures_within_the_latency_budget_a_resized_policy_s
     measured = summary["measured_latency"]
     assert [c["resized"] for c in measured["checked"]] == [False] * 4 + [True]
     assert measured["resized"] and measured["ratio"] == 0.88 and measured["within_budget"] and summary["meets_budget"]
+    assert "the shipped one resized by measurement" in capsys.readouterr().out
     assert summary["best"]["reward"] == measured["reward"]  # the resized policy, scored, is what ships
 
 
