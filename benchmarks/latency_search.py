@@ -29,11 +29,12 @@ from typing import Any
 from autoprune import run
 from autoprune.config import load_config
 from autoprune.latency import SAMPLE_S, make_runner, measure
+from autoprune.latency_check import ROUNDS
 
 # a row's settings; sample_ms: the least time of back-to-back calls per timed sample (rows without it timed
 # 1 ms samples: one call of these models); check: how the run's check after the search chose (CHECKS; rows
-# without it: "first fit")
-SETTINGS = ("config", "evaluations", "val_size", "bn_batches", "calibrate", "sample_ms", "check")
+# without it: "first fit"); check_rounds: its measurements of each policy (rows without it: see the run's check)
+SETTINGS = ("config", "evaluations", "val_size", "bn_batches", "calibrate", "sample_ms", "check", "check_rounds")
 CHECKS = {"first fit": "the best-rewarded candidate whose median fitted shipped, however fast",
           "window": "the best that landed within latency.window (3 points) of the limit, looking down the ranking "
                     "among candidates as accurate within a standard error, else the best that fitted",
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--markdown-only", action="store_true", help="rebuild the .md from the .jsonl and stop")
     args = parser.parse_args()
     args.check = "window + resize"  # the product's check after the search (autoprune/latency_check.py)
+    args.check_rounds = ROUNDS
     args.sample_ms = SAMPLE_S * 1e3  # the product's measurement, recorded so that rows measured otherwise stay apart
     command = "python " + " ".join(sys.argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)

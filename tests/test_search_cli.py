@@ -11,6 +11,7 @@ import yaml
 from autoprune import cli
 from autoprune.data.datasets import FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_ENV
 from autoprune.evaluation import Evaluator
+from autoprune.latency_check import ROUNDS
 from autoprune.report import SCORED_BY, build_report
 from autoprune.search import count_recorded
 
@@ -210,12 +211,11 @@ def test_a_latency_budget_is_checked_by_measuring_the_shipped_model(tmp_path):
         assert summary["best"]["reward"] == measured["reward"]  # the shipped policy is the one measured
 
 
-CHECK_ROUNDS = 3  # finishing measures each candidate this many times; the median must fit
 
 
 @pytest.mark.parametrize("ratios, shipped, within", [
     ([0.95, 0.88, 0.80], 1, True), ([0.95] * 4, 0, False),
-    ([(0.85, 0.93, 0.92), (0.95, 0.88, 0.89)], 1, True)])  # the first fits in one round, not at its median
+    ([(0.85,) + (0.93,) * (ROUNDS - 1), (0.95,) + (0.88,) * (ROUNDS - 1)], 1, True)])  # fits in 1 round, not median
 def test_the_best_candidate_measured_within_the_latency_budget_is_shipped(tmp_path, monkeypatch, capsys, ratios,
                                                                            shipped, within):
     rounds = _script_measured_latency(monkeypatch, ratios)
@@ -333,7 +333,7 @@ def _script_measured_latency(monkeypatch, ratios):
     for any policy it resizes after them; returns the tuples."""
     import autoprune.latency_check
 
-    rounds = [r if isinstance(r, tuple) else (r,) * CHECK_ROUNDS for r in ratios]
+    rounds = [r if isinstance(r, tuple) else (r,) * ROUNDS for r in ratios]
     pending = iter([x for candidate in rounds for x in candidate])
 
     def measure(runners, **options):
