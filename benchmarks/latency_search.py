@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--bn-batches", type=int, default=2)
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false")
-    parser.add_argument("--rounds", type=int, default=5, help="measurement rounds of 30 interleaved repeats")
+    parser.add_argument("--rounds", type=int, default=9, help="measurement rounds of 30 interleaved repeats")
     parser.add_argument("--run-dir", default="runs/latency_search")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--markdown-only", action="store_true", help="rebuild the .md from the .jsonl and stop")
