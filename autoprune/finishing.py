@@ -94,5 +94,4 @@ def _measured_within_latency(searcher: Searcher, config: Config, splits: Splits)
                          margin=latency.margin, val_size=min(config.evaluation.val_size, len(splits.val)))
     candidates = sorted((r for r in searcher.ledger.results if r.ok), key=lambda r: -(r.reward or -math.inf))
     shipped, verdict = check.choose(candidates)
-    return shipped, {**verdict, "within_budget": verdict["fits"], "runtime": config.latency.runtime,
-                     "checked": check.checks}
+    return shipped, {**verdict, "within_budget": verdict["fits"], "runtime": latency.runtime, "checked": check.checks}

@@ -134,8 +134,8 @@ class LatencyCheck:
         shipped, verdict = choose_measured(candidates[:max_checks], self.measure, self.val_size)
         if verdict["lands"]:
             return shipped, verdict
-        resized = self.resize(shipped, verdict, tries=resize_tries)
-        if resized is None or not resized[1]["fits"]:
+        resized = self.resize(shipped, verdict, tries=resize_tries)  # one that fits, or None
+        if resized is None:
             return shipped, verdict
         if verdict["fits"] and not (resized[1]["lands"] and
                                     (resized[0].accuracy or 0.0) >= _noise_floor(shipped.accuracy, self.val_size)):

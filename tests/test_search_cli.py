@@ -211,8 +211,6 @@ def test_a_latency_budget_is_checked_by_measuring_the_shipped_model(tmp_path):
         assert summary["best"]["reward"] == measured["reward"]  # the shipped policy is the one measured
 
 
-
-
 @pytest.mark.parametrize("ratios, shipped, within", [
     ([0.95, 0.88, 0.80], 1, True), ([0.95] * 4, 0, False),
     ([(0.85,) + (0.93,) * (ROUNDS - 1), (0.95,) + (0.88,) * (ROUNDS - 1)], 1, True)])  # fits in 1 round, not median
@@ -276,13 +274,8 @@ def test_a_model_measured_within_the_latency_limit_meets_it_whatever_the_table_p
     limit above the user's 0.9; the shipped model, measured at 0.88 of dense, meets the budget."""
     import autoprune.latency_calibration
 
-    def halved(runtime, x):
-        def time_models(models):
-            size = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-            return {name: (1.0 if name == "dense" else 0.5) * n / size["dense"] for name, n in size.items()}
-        return time_models
-
-    monkeypatch.setattr(autoprune.latency_calibration, "time_in", halved)
+    monkeypatch.setattr(autoprune.latency_calibration, "time_in",
+                        _timed_by_size(lambda name, size: (1.0 if name == "dense" else 0.5) * size))
     _script_measured_latency(monkeypatch, [0.88] * 4)
     config = {**LATENCY_SMOKE, "latency": {"runtime": "torch"}, "pruner": {"round_to": 8}}
     assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(tmp_path / "run"), "--quiet",
@@ -304,14 +297,9 @@ def test_the_calibrated_latency_limit_is_measured_once_and_a_resumed_search_keep
         measured.append(1)
         return real(*args, **kwargs)
 
-    def modelled(runtime, x):  # whole models timed by a model, not a clock: a busy machine cannot fail this
-        def time_models(models):
-            size = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-            return {name: 0.3 + 0.7 * n / size["dense"] for name, n in size.items()}  # fixed cost + size
-        return time_models
-
     monkeypatch.setattr(autoprune.latency_calibration, "calibrate_latency_limit", counting)
-    monkeypatch.setattr(autoprune.latency_calibration, "time_in", modelled)
+    monkeypatch.setattr(autoprune.latency_calibration, "time_in",
+                        _timed_by_size(lambda name, size: 0.3 + 0.7 * size))  # fixed cost + size
     undo = _interrupt_at_evaluation(monkeypatch, 3)
     run_dir = tmp_path / "run"
     config = {**LATENCY_SMOKE, "budget": {"latency": 0.95}, "latency": {"runtime": "torch"},
@@ -325,6 +313,17 @@ def test_the_calibrated_latency_limit_is_measured_once_and_a_resumed_search_keep
     assert len(measured) == 1 and summary["evaluations"] == 4
     assert summary["latency_calibration"] == saved
     assert summary["search_budget"] == f"latency <= {saved['limit']:g} x dense"
+
+
+def _timed_by_size(seconds):
+    """A stand-in for ``latency_calibration.time_in``: whole models timed by a model, not a clock (a busy machine
+    cannot fail it), ``seconds(name, size)`` with ``size`` the model's parameters as a fraction of the dense one's."""
+    def time_in(runtime, x):
+        def time_models(models):
+            size = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+            return {name: seconds(name, n / size["dense"]) for name, n in size.items()}
+        return time_models
+    return time_in
 
 
 def _script_measured_latency(monkeypatch, ratios):
