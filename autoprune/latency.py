@@ -46,7 +46,7 @@ from autoprune.costs import Dim
 from autoprune.run_directory import write_atomically
 from autoprune.search_spaces import SearchSpace
 
-__all__ = ["RUNTIMES", "LatencyTable", "make_runner", "measure", "measure_latency"]
+__all__ = ["RUNTIMES", "LatencyTable", "Timing", "make_runner", "measure", "measure_latency", "time_against_dense"]
 
 RUNTIMES = ("torch", "onnxruntime")
 CACHE_ENV = "AUTOPRUNE_CACHE"
@@ -140,6 +140,35 @@ def measure(runners: Mapping[str, Callable[[], Any]], *, repeats: int = 15, warm
 def measure_latency(model: nn.Module, x: torch.Tensor, runtime: str = "torch", *, repeats: int = 15) -> float:
     """Median latency in seconds of ``model`` on ``x`` (one thread)."""
     return measure({"m": make_runner(model, x, runtime)}, repeats=repeats)["m"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A pruned model timed against its dense one in rounds of :func:`measure`; the medians over rounds count.
+
+    One round's ratio moves by 5-8 points of dense latency on a loaded 2-core machine, the median of seven
+    by about one (benchmarks/README.md, *Latency-constrained search*): one noisy round must not decide."""
+
+    rounds: list[dict[str, float]]  # seconds per call of "dense" and "pruned", one entry per round
+
+    @property
+    def ratios(self) -> list[float]:
+        return [r["pruned"] / r["dense"] for r in self.rounds]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    def ms(self, name: str) -> float:
+        """The median milliseconds per call of ``"dense"`` or ``"pruned"``."""
+        return statistics.median(r[name] for r in self.rounds) * 1e3
+
+
+def time_against_dense(dense: Callable[[], Any], pruned: Callable[[], Any], rounds: int, *,
+                       repeats: int = 30) -> Timing:
+    """The runners ``dense`` and ``pruned`` measured interleaved, ``rounds`` times."""
+    runners = {"dense": dense, "pruned": pruned}
+    return Timing([measure(runners, repeats=repeats) for _ in range(rounds)])
 
 
 # ---------------------------------------------------------------------------------------------

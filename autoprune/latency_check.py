@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 
 from autoprune.budget import Budget, InfeasibleBudgetError, project
-from autoprune.latency import make_runner, measure
+from autoprune.latency import Timing, make_runner, time_against_dense
 from autoprune.result import Result
 from autoprune.scoring import PolicyEvaluator
 from autoprune.search_spaces import Policy
@@ -95,29 +94,27 @@ class LatencyCheck:
         self.checks: list[Check] = []  # every measurement, in order (result.json's ``checked``)
         self._dense: Callable[[], Any] | None = None
 
-    def time(self, policy: Policy) -> list[dict[str, float]]:
-        """Seconds per inference of the dense model and of ``policy``'s, ``rounds`` times, interleaved."""
+    def time(self, policy: Policy) -> Timing:
+        """The dense model and ``policy``'s timed interleaved, ``rounds`` times."""
         # latency depends on the pruned shapes only, whichever channels go
         shaped = self.evaluator.space.shaped_copy(self.evaluator.model, policy)
         self._dense = self._dense or make_runner(self.evaluator.model, self.inputs, self.runtime)
-        runners = {"dense": self._dense, "pruned": make_runner(shaped, self.inputs, self.runtime)}
-        return [measure(runners, repeats=30) for _ in range(self.rounds)]
+        return time_against_dense(self._dense, make_runner(shaped, self.inputs, self.runtime), self.rounds)
 
     def measure(self, result: Result, *, resized: bool = False) -> Check:
         """Time ``result``'s policy against the dense model; whether it fits the budget and lands in the window."""
         space = self.evaluator.space
-        times = self.time(result.policy)
-        ratios = [t["pruned"] / t["dense"] for t in times]
-        dense_ms = statistics.median(t["dense"] for t in times) * 1e3
-        ratio, pruned_ms = statistics.median(ratios), statistics.median(t["pruned"] for t in times) * 1e3
+        timing = self.time(result.policy)
+        ratio, dense_ms = timing.ratio, timing.ms("dense")
         limit = self._limit(dense_ms)
         fits = ratio <= limit
         lands = fits and limit - ratio <= self.window
         log.info("measured latency of %s %d: %.1f%% of dense, slowest of %d rounds %.1f%% (%s)",
                  "resized policy" if resized else "candidate", len(self.checks) + 1, 100 * ratio, self.rounds,
-                 100 * max(ratios),
+                 100 * max(timing.ratios),
                  ("within budget" if lands else "within budget, under the window") if fits else "over budget")
-        self.checks.append({"dense_ms": dense_ms, "pruned_ms": pruned_ms, "ratio": ratio, "round_ratios": ratios,
+        self.checks.append({"dense_ms": dense_ms, "pruned_ms": timing.ms("pruned"), "ratio": ratio,
+                            "round_ratios": timing.ratios,
                             "predicted_ratio": (result.latency or math.nan) / (space.dense_costs.latency or 1),
                             "reward": result.reward, "fits": fits, "lands": lands, "resized": resized})
         return self.checks[-1]

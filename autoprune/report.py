@@ -40,24 +40,25 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def measure_run_latency(run: RunContents, *, repeats: int = 15) -> dict[str, Any]:
+def measure_run_latency(run: RunContents, *, repeats: int = 15, rounds: int = 5) -> dict[str, Any]:
     """Measured latency (ms, batch 1, one thread) of the dense and pruned models, cached in ``latency.json``.
 
     Latency depends only on the architecture, so fine-tuning does not change it and it is
-    measured once per run; both models are timed interleaved so that machine noise hits both.
+    measured once per run; both models are timed interleaved so that machine noise hits both, and the
+    medians of ``rounds`` rounds count (one round can read several points off on a loaded machine).
     """
     cached = run.read("latency.json")
     if cached is not None:
         return cached
-    from autoprune.latency import make_runner, measure
+    from autoprune.latency import make_runner, time_against_dense
 
     x = run.splits.tensor_inputs(1)
     pruned = run.pruned()
-    out: dict[str, Any] = {"batch": 1, "threads": 1}
+    out: dict[str, Any] = {"batch": 1, "threads": 1, "rounds": rounds}
     for runtime in ("torch", "onnxruntime"):
-        times = measure({"dense": make_runner(run.dense, x, runtime), "pruned": make_runner(pruned, x, runtime)},
-                        repeats=repeats)
-        out[runtime] = {k: v * 1e3 for k, v in times.items()}
+        timing = time_against_dense(make_runner(run.dense, x, runtime), make_runner(pruned, x, runtime), rounds,
+                                    repeats=repeats)
+        out[runtime] = {"dense": timing.ms("dense"), "pruned": timing.ms("pruned")}
     (run.run_dir / "latency.json").write_text(json.dumps(out, indent=2))
     return out
 
@@ -295,8 +296,8 @@ def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
 <h2>Dense vs pruned</h2>
 {_table(["", "dense", "pruned", "pruned / dense"], _summary_rows(run, latency, finetune))}
 {_slower_warning(latency)}
-<p class="note">Latency measured on this machine when the report was first built, dense and pruned interleaved;
-accuracies on the validation split (carved from TRAIN, used by the search) and the TEST split (never seen by
+<p class="note">Latency measured on this machine when the report was first built, dense and pruned interleaved
+(medians of {latency.get("rounds", 1)} rounds); accuracies on the validation split (carved from TRAIN, used by the search) and the TEST split (never seen by
 the search).</p>
 <h2>Channels kept per group</h2>{_image(figures['channels.png'], 'channels kept per group')}
 <h2>Search progress</h2>{_image(figures['progress.png'], 'reward and accuracy per evaluation')}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 from autoprune import run
 from autoprune.config import load_config
-from autoprune.latency import SAMPLE_S, make_runner, measure
+from autoprune.latency import SAMPLE_S, make_runner, time_against_dense
 from autoprune.latency_check import ROUNDS
 
 # a row's settings; sample_ms: the least time of back-to-back calls per timed sample (rows without it timed
@@ -56,19 +55,17 @@ def run_one(seed: int, args: argparse.Namespace, command: str) -> dict[str, Any]
     contents = run.open_run(run_dir)
     x = contents.splits.example_inputs(1)
     runtime, target = config.latency.runtime, config.budget.latency
-    runners = {"dense": make_runner(contents.dense, x, runtime), "pruned": make_runner(contents.pruned(), x, runtime)}
-    rounds = [measure(runners, repeats=30) for _ in range(args.rounds)]
-    ratios = [r["pruned"] / r["dense"] for r in rounds]
+    timing = time_against_dense(make_runner(contents.dense, x, runtime), make_runner(contents.pruned(), x, runtime),
+                                args.rounds)
     s = outcome.summary
-    measured = statistics.median(ratios)
+    measured = timing.ratio
     return {
         "seed": seed, **{k: getattr(args, k) for k in SETTINGS}, "command": command, "model": config.model.name,
         "runtime": runtime, "batch": config.latency.batch, "target_ratio": target, "wall_s": wall,
         "search_budget": s["search_budget"], "calibration": s.get("latency_calibration"),
         "predicted_ratio": s["best"]["latency"] / contents.space.dense_costs.latency,
-        "measured_ratio_median": measured, "measured_ratio_rounds": ratios,
-        "dense_ms": statistics.median(r["dense"] for r in rounds) * 1e3,
-        "pruned_ms": statistics.median(r["pruned"] for r in rounds) * 1e3,
+        "measured_ratio_median": measured, "measured_ratio_rounds": timing.ratios,
+        "dense_ms": timing.ms("dense"), "pruned_ms": timing.ms("pruned"),
         "flops_ratio": s["pruned"]["flops"] / s["dense"]["flops"],
         "params_ratio": s["pruned"]["params"] / s["dense"]["params"],
         "dense_test_accuracy": s["dense"]["test_accuracy"], "pruned_test_accuracy": s["pruned"]["test_accuracy"],

@@ -6,6 +6,7 @@ import pytest
 
 import autoprune.latency_check
 from autoprune.budget import Budget
+from autoprune.latency import Timing
 from autoprune.latency_check import LatencyCheck, choose_measured
 from autoprune.result import Result
 from autoprune.search_spaces import Policy
@@ -61,7 +62,7 @@ class _Modelled(LatencyCheck):
         self.bias = bias
 
     def time(self, policy):
-        return [{"dense": 1e-3, "pruned": 1e-3 * self.bias * policy["g"]}] * self.rounds
+        return Timing([{"dense": 1e-3, "pruned": 1e-3 * self.bias * policy["g"]}] * self.rounds)
 
 
 @pytest.fixture

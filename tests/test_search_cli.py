@@ -11,6 +11,7 @@ import yaml
 from autoprune import cli
 from autoprune.data.datasets import FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_ENV
 from autoprune.evaluation import Evaluator
+from autoprune.latency import Timing
 from autoprune.latency_check import ROUNDS
 from autoprune.report import SCORED_BY, build_report
 from autoprune.search import count_recorded
@@ -332,14 +333,14 @@ def _script_measured_latency(monkeypatch, ratios):
     for any policy it resizes after them; returns the tuples."""
     import autoprune.latency_check
 
-    rounds = [r if isinstance(r, tuple) else (r,) * ROUNDS for r in ratios]
-    pending = iter([x for candidate in rounds for x in candidate])
+    scripted = [r if isinstance(r, tuple) else (r,) * ROUNDS for r in ratios]
+    pending = iter([x for candidate in scripted for x in candidate])
 
-    def measure(runners, **options):
-        return {"dense": 1.0, "pruned": next(pending, rounds[-1][-1])}
+    def time_against_dense(dense, pruned, rounds):
+        return Timing([{"dense": 1.0, "pruned": next(pending, scripted[-1][-1])} for _ in range(rounds)])
 
-    monkeypatch.setattr(autoprune.latency_check, "measure", measure)
-    return rounds
+    monkeypatch.setattr(autoprune.latency_check, "time_against_dense", time_against_dense)
+    return scripted
 
 
 @pytest.mark.parametrize("kind", ["adaptive_bn", "pruningnet"])  # refit: the default, in every other search
