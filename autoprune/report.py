@@ -297,8 +297,8 @@ def build_report(run_dir: str | Path, *, latency_repeats: int = 15) -> Path:
 {_table(["", "dense", "pruned", "pruned / dense"], _summary_rows(run, latency, finetune))}
 {_slower_warning(latency)}
 <p class="note">Latency measured on this machine when the report was first built, dense and pruned interleaved
-(medians of {latency.get("rounds", 1)} rounds); accuracies on the validation split (carved from TRAIN, used by the search) and the TEST split (never seen by
-the search).</p>
+(medians of {latency.get("rounds", 1)} rounds); accuracies on the validation split (carved from TRAIN, used by
+the search) and the TEST split (never seen by the search).</p>
 <h2>Channels kept per group</h2>{_image(figures['channels.png'], 'channels kept per group')}
 <h2>Search progress</h2>{_image(figures['progress.png'], 'reward and accuracy per evaluation')}
 <h2>Accuracy vs FLOPs</h2>{_image(figures['pareto.png'], 'accuracy vs FLOPs with Pareto front')}
