@@ -12,6 +12,10 @@ from autoprune.models.zoo import create_model
 from autoprune.pruning import Pruner
 from autoprune.search_spaces import SearchSpace
 
+# ResNet-56 is ResNet-20 with three times the blocks per stage: the same groups and couplings, three times
+# the test time (the environment and budget tests still build it)
+ARCHITECTURES = [name for name in MODEL_NAMES if name != "resnet56"]
+
 
 def _setup(name, shape=(1, 28, 28)):
     torch.manual_seed(0)
@@ -21,7 +25,7 @@ def _setup(name, shape=(1, 28, 28)):
     return model, x, space
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_analytic_costs_equal_counted_costs_after_physical_pruning(name):
     model, x, space = _setup(name)
     pruner = Pruner(model, space, example_inputs=x[:1])
@@ -40,7 +44,7 @@ def test_costs_also_exact_on_3x32x32(name):
     assert count_costs(model, x) == space.dense_costs
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_masked_outputs_equal_physically_pruned_outputs(name):
     model, x, space = _setup(name)
     model.train(False)
@@ -57,7 +61,7 @@ def test_masked_outputs_equal_physically_pruned_outputs(name):
     assert all(torch.equal(before[k], after[k]) for k in before), "masks must be undone"
 
 
-@pytest.mark.parametrize("name", ["resnet56", "mobilenetv2", "vit", "mlp"])
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "vit", "mlp"])
 def test_replayed_plan_equals_torch_pruning_on_a_retraced_graph(name):
     model, x, space = _setup(name)
     pruner = Pruner(model, space, example_inputs=x[:1])

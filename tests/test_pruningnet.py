@@ -14,7 +14,7 @@ from autoprune.search_spaces import SearchSpace
 
 from .conftest import random_data
 
-ZOO_MODELS = ["resnet20", "resnet56", "vgg11", "mobilenetv2", "vit"]
+ZOO_MODELS = ["resnet20", "vgg11", "mobilenetv2", "vit"]  # ResNet-56: ResNet-20 with more blocks
 
 
 def _net(name: str, size: int = 16) -> tuple[torch.nn.Module, SearchSpace, PruningNet]:
