@@ -43,6 +43,7 @@ from autoprune.costs import count_costs
 from autoprune.evaluation import Evaluator, recalibrate_batchnorm
 from autoprune.importance import IMPORTANCE_NAMES
 from autoprune.latency import make_runner, measure
+from autoprune.models.checkpoints import reference_checkpoint
 from autoprune.refit_evaluator import RefitEvaluator
 from autoprune.search import create_searcher
 from autoprune.search_spaces import Policy
@@ -282,8 +283,17 @@ def write_markdown(rows: list[dict], path: Path) -> None:
              "",
              *_verdict(rows)]
     for model in sorted({_setting(r, "model") for r in rows}, key=lambda m: (m != SETTINGS["model"], m)):
-        lines += [f"## {model}", "", *_table([r for r in rows if _setting(r, "model") == model]), ""]
+        lines += [f"## {model}", "", *_dense_line(model), *_table([r for r in rows if _setting(r, "model") == model]),
+                  ""]
     path.write_text("\n".join(lines))
+
+
+def _dense_line(model: str) -> list[str]:
+    """For a model other than the reference: its committed checkpoint's dense test accuracy and command."""
+    if model == SETTINGS["model"]:
+        return []
+    meta = json.loads(reference_checkpoint(model, "fashion_mnist").with_suffix(".json").read_text())
+    return [f"Dense: {meta['test_accuracy']:.2%} test (`{meta['command']}`).", ""]
 
 
 PEER = "modelopt-fastnas"  # rows of benchmarks/modelopt_fastnas.py: what a user would pick instead
