@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from autoprune.budget import Budget, project, uniform_policy
-from autoprune.latency import SAMPLE_S, LatencyTable, make_runner, measure, measure_latency
+from autoprune.latency import SAMPLE_S, LatencyTable, Timing, make_runner, measure, measure_latency, time_against_dense
 from autoprune.models.zoo import create_model
 from autoprune.search_spaces import SearchSpace
 
@@ -48,6 +48,16 @@ def test_measure_returns_a_median_per_candidate():
     t = measure({"small": make_runner(small_m, x8), "big": make_runner(big_m, x512)}, repeats=5)
     assert set(t) == {"small", "big"} and 0 < t["small"] < t["big"]
     assert measure_latency(small_m, x8, repeats=3) > 0
+
+
+def test_a_timing_counts_the_median_round_so_one_noisy_round_does_not_decide():
+    timing = Timing([{"dense": 2.0, "pruned": 1.0}, {"dense": 2.0, "pruned": 1.8}, {"dense": 1.0, "pruned": 0.6}])
+    assert timing.ratios == [0.5, 0.9, 0.6] and timing.ratio == 0.6
+    assert timing.ms("dense") == 2000.0 and timing.ms("pruned") == 1000.0
+    small_m, big_m = torch.nn.Linear(8, 8), torch.nn.Linear(256, 256)
+    measured = time_against_dense(make_runner(big_m, torch.randn(64, 256)), make_runner(small_m, torch.randn(64, 8)),
+                                  rounds=2, repeats=3)
+    assert len(measured.rounds) == 2 and 0 < measured.ratio < 1
 
 
 def test_each_sample_times_calls_back_to_back_for_at_least_the_sample_length():

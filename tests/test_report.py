@@ -41,6 +41,7 @@ def test_report_is_one_self_contained_file_with_its_figures(run_dir):
         assert text in page, text
     latency = json.loads((run_dir / "latency.json").read_text())
     assert all(latency[rt][m] > 0 for rt in ("torch", "onnxruntime") for m in ("dense", "pruned"))
+    assert latency["rounds"] == 5 and "(medians of 5 rounds)" in page  # one round can read points off
     for rt in ("torch", "onnxruntime"):  # the measured speed-up stands next to the FLOPs ratio
         speed = latency[rt]["dense"] / latency[rt]["pruned"]
         assert f"({speed:.2f}× {'faster' if speed >= 1 else 'as fast'})" in page
