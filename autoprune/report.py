@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from autoprune.latency import make_runner, time_against_dense
 from autoprune.result import Result
 from autoprune.run import RunContents, open_run
 from autoprune.run_directory import holding
@@ -50,8 +51,6 @@ def measure_run_latency(run: RunContents, *, repeats: int = 15, rounds: int = 5)
     cached = run.read("latency.json")
     if cached is not None:
         return cached
-    from autoprune.latency import make_runner, time_against_dense
-
     x = run.splits.tensor_inputs(1)
     pruned = run.pruned()
     out: dict[str, Any] = {"batch": 1, "threads": 1, "rounds": rounds}
