@@ -69,7 +69,7 @@ def _config(address: str) -> dict:
     return {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
               "budget": {"flops": 0.5}, "search": {"backend": "random", "evaluations": EVALUATIONS,
                                                    "workers": 2, "address": address, "options": {"batch_size": 2}},
-              "evaluation": {"val_size": 200, "bn_batches": 1}}
+              "evaluation": {"kind": "adaptive_bn", "val_size": 200, "bn_batches": 1}}  # distribution, not scoring
 
 
 def _start(cluster, tmp_path: Path) -> tuple[list[str], Path, subprocess.Popen]:

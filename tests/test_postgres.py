@@ -82,11 +82,16 @@ def _count(url: str, study: str) -> int:
         return 0
 
 
+def _config(postgres_url: str) -> dict:
+    # the ledger's safety, not scoring: adaptive BN, the fast scorer
+    return {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
+            "budget": {"flops": 0.5}, "search": {"backend": "tpe", "evaluations": EVALUATIONS,
+                                                 "storage": postgres_url, "options": {"n_startup_trials": 4}},
+            "evaluation": {"kind": "adaptive_bn", "val_size": 200, "bn_batches": 1}}
+
+
 def test_search_with_a_postgresql_ledger_is_killed_and_resumed(postgres_url, tmp_path):
-    config = {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
-              "budget": {"flops": 0.5}, "search": {"backend": "tpe", "evaluations": EVALUATIONS,
-                                                   "storage": postgres_url, "options": {"n_startup_trials": 4}},
-              "evaluation": {"val_size": 200, "bn_batches": 1}}
+    config = _config(postgres_url)
     path, run_dir = tmp_path / "c.yaml", tmp_path / "run"
     path.write_text(yaml.safe_dump(config))
     cli = [sys.executable, "-m", "autoprune.cli"]
@@ -112,10 +117,7 @@ def test_search_with_a_postgresql_ledger_is_killed_and_resumed(postgres_url, tmp
 
 
 def _start(postgres_url: str, run_dir: Path, env: dict[str, str]) -> tuple[list[str], subprocess.Popen]:
-    config = {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
-              "budget": {"flops": 0.5}, "search": {"backend": "tpe", "evaluations": EVALUATIONS,
-                                                   "storage": postgres_url, "options": {"n_startup_trials": 4}},
-              "evaluation": {"val_size": 200, "bn_batches": 1}}
+    config = _config(postgres_url)
     path = run_dir.parent / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     cli = [sys.executable, "-m", "autoprune.cli"]

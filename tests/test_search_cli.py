@@ -19,6 +19,8 @@ from autoprune.search import count_recorded
 SMOKE = {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
          "budget": {"flops": 0.5}, "search": {"backend": "random", "evaluations": 5},
          "evaluation": {"val_size": 200, "bn_batches": 1}}
+# For tests about the run directory and faults, not about scoring: adaptive BN scores in half the time of refit
+FAST_SMOKE = {**SMOKE, "evaluation": {**SMOKE["evaluation"], "kind": "adaptive_bn"}}
 
 
 def _write(tmp_path, data, name="c.yaml"):
@@ -60,7 +62,7 @@ def _interrupt_at_evaluation(monkeypatch, n):
 def test_interrupted_search_resumes_without_re_evaluating(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     undo = _interrupt_at_evaluation(monkeypatch, 4)
-    config = _write(tmp_path, {**SMOKE, "search": {"backend": "tpe", "evaluations": 8}})
+    config = _write(tmp_path, {**FAST_SMOKE, "search": {"backend": "tpe", "evaluations": 8}})
     assert cli.main(["search", config, "--run-dir", str(run_dir), "--quiet"]) == 130
     assert "autoprune resume" in capsys.readouterr().err
     assert _trials(run_dir) == 3
@@ -193,7 +195,7 @@ def test_parallel_workers_on_ray_record_the_same_search(backend, options, tmp_pa
 
 
 # the measured check after the search, with the table trusted before it (calibration: its own test below)
-LATENCY_SMOKE = {**SMOKE, "budget": {"latency": 0.9}, "latency": {"runtime": "torch", "calibrate": False},
+LATENCY_SMOKE = {**FAST_SMOKE, "budget": {"latency": 0.9}, "latency": {"runtime": "torch", "calibrate": False},
                  "search": {"backend": "random", "evaluations": 4}}
 
 

@@ -31,7 +31,7 @@ def _config(tmp_path: Path, backend: str, checkpoint: Path) -> str:
     data = {"model": {"name": "resnet20", "checkpoint": str(checkpoint)}, "data": {"name": "digits", "val_size": 200},
             "budget": {"flops": 0.5}, "search": {"backend": backend, "evaluations": EVALUATIONS,
                                                  "options": OPTIONS[backend]},
-            "evaluation": {"val_size": 200, "bn_batches": 1}}
+            "evaluation": {"kind": "adaptive_bn", "val_size": 200, "bn_batches": 1}}  # crash safety: the fast scorer
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)

@@ -17,7 +17,7 @@ from autoprune import cli
 from autoprune.evaluation import Evaluator
 from autoprune.run_directory import ConfigChangedError, RunInUseError, check_unchanged, freeze, hold
 from autoprune.search import count_recorded, read_ledger
-from tests.test_search_cli import SMOKE, _trials, _write
+from tests.test_search_cli import FAST_SMOKE, _trials, _write
 
 HOLDER = ("import sys, time\nfrom autoprune.run_directory import hold\n"
           "with hold(sys.argv[1], 'autoprune search'):\n    print('held', flush=True)\n    time.sleep(60)\n")
@@ -53,13 +53,13 @@ def test_the_lock_of_a_killed_holder_is_free_at_once(tmp_path):
 def test_resume_and_search_on_a_held_run_exit_2_with_one_line(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(SMOKE))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(FAST_SMOKE))
     holder = _hold_in_another_process(run_dir)
     try:
         assert cli.main(["resume", str(run_dir), "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert f"pid {holder.pid}" in err and len(err.splitlines()) == 1
-        assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet"]) == 2
+        assert cli.main(["search", _write(tmp_path, FAST_SMOKE), "--run-dir", str(run_dir), "--quiet"]) == 2
         assert f"pid {holder.pid}" in capsys.readouterr().err  # not "use resume", which would race the holder
     finally:
         holder.kill()
@@ -76,7 +76,7 @@ def test_an_edited_config_is_refused_listing_the_changed_keys(tmp_path):
 
 
 def test_resume_refuses_an_edited_budget_and_extends_with_its_option(tmp_path, capsys, monkeypatch):
-    run_dir = _interrupted_run(tmp_path, monkeypatch, SMOKE, 3)
+    run_dir = _interrupted_run(tmp_path, monkeypatch, FAST_SMOKE, 3)
     capsys.readouterr()
     text = (run_dir / "config.yaml").read_text()
     (run_dir / "config.yaml").write_text(text.replace("flops: 0.5", "flops: 0.3"))
@@ -94,7 +94,7 @@ def test_resume_refuses_an_edited_budget_and_extends_with_its_option(tmp_path, c
 def test_run_dir_naming_a_file_is_a_one_line_usage_error(tmp_path, capsys):
     target = tmp_path / "a_file"
     target.write_text("not a run")
-    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(target), "--quiet"]) == 2
+    assert cli.main(["search", _write(tmp_path, FAST_SMOKE), "--run-dir", str(target), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "is a file" in err and len(err.splitlines()) == 1
     assert target.read_text() == "not a run"
@@ -102,12 +102,12 @@ def test_run_dir_naming_a_file_is_a_one_line_usage_error(tmp_path, capsys):
 
 def test_a_start_that_fails_on_input_leaves_no_run_behind(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    infeasible = {**SMOKE, "budget": {"flops": 0.01}}
+    infeasible = {**FAST_SMOKE, "budget": {"flops": 0.01}}
     assert cli.main(["search", _write(tmp_path, infeasible), "--run-dir", str(run_dir), "--quiet"]) == 2
     assert "budget" in capsys.readouterr().err
     assert not (run_dir / "config.yaml").exists()
     # the same command with a fixed budget now starts the run (no "use resume" dead end)
-    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
+    assert cli.main(["search", _write(tmp_path, FAST_SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
     assert _trials(run_dir) == 5
 
 
@@ -116,7 +116,7 @@ def always_raises(result, baseline):  # a user's reward with a bug (imported by 
 
 
 def test_when_every_evaluation_fails_the_message_names_the_cause_not_the_budget(tmp_path, capsys):
-    config = {**SMOKE, "reward": "tests.faults.test_run_directory:always_raises"}
+    config = {**FAST_SMOKE, "reward": "tests.faults.test_run_directory:always_raises"}
     assert cli.main(["search", _write(tmp_path, config), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "5 of 5 failed with 'ZeroDivisionError: my reward divides by zero'" in err
@@ -124,14 +124,14 @@ def test_when_every_evaluation_fails_the_message_names_the_cause_not_the_budget(
 
 
 def test_experiment_with_an_unknown_backend_is_one_line(tmp_path, capsys):
-    assert cli.main(["experiment", _write(tmp_path, SMOKE), "--name", "x", "--backends", "foo"]) == 2
+    assert cli.main(["experiment", _write(tmp_path, FAST_SMOKE), "--name", "x", "--backends", "foo"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("autoprune: error: search.backend:") and len(err.splitlines()) == 1
 
 
 def test_report_refuses_a_best_policy_the_space_does_not_know(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
+    assert cli.main(["search", _write(tmp_path, FAST_SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
     policy = json.loads((run_dir / "best_policy.json").read_text())
     for bad, message in (({**policy, "no_such_group": 0.2}, "unknown group"),
                          ({k: 1.5 for k in policy}, "outside its bounds")):
@@ -143,7 +143,7 @@ def test_report_refuses_a_best_policy_the_space_does_not_know(tmp_path, capsys):
 
 def test_log_txt_records_the_settings_the_progress_and_the_result(tmp_path):
     run_dir = tmp_path / "run"
-    assert cli.main(["search", _write(tmp_path, SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
+    assert cli.main(["search", _write(tmp_path, FAST_SMOKE), "--run-dir", str(run_dir), "--quiet", "--no-report"]) == 0
     log = (run_dir / "log.txt").read_text()
     assert "random search for 5 evaluations" in log and "5/5 evaluations; best so far" in log
     assert "result: 5 evaluations; FLOPs" in log and "budget met" in log
@@ -171,7 +171,7 @@ def test_a_damaged_ledger_names_its_backup_and_the_run_continues_from_it(tmp_pat
     import autoprune.run
 
     monkeypatch.setattr(autoprune.run, "BACKUP_SECONDS", 0.0)  # back up after every step
-    run_dir = _interrupted_run(tmp_path, monkeypatch, {**SMOKE, "search": {"backend": "tpe", "evaluations": 8}}, 5)
+    run_dir = _interrupted_run(tmp_path, monkeypatch, {**FAST_SMOKE, "search": {"backend": "tpe", "evaluations": 8}}, 5)
     assert (run_dir / "ledger.db.bak").exists() and _trials(run_dir) == 4
     data = (run_dir / "ledger.db").read_bytes()
     (run_dir / "ledger.db").write_bytes(data[: len(data) // 3])  # truncated, as by a full disk or a bad copy
@@ -193,7 +193,7 @@ def test_trials_a_killed_run_left_running_are_closed_and_run_again_once_on_resum
 
     from autoprune.search import read_ledger
 
-    run_dir = _interrupted_run(tmp_path, monkeypatch, {**SMOKE, "search": {"backend": "tpe", "evaluations": 6}}, 3)
+    run_dir = _interrupted_run(tmp_path, monkeypatch, {**FAST_SMOKE, "search": {"backend": "tpe", "evaluations": 6}}, 3)
     storage = f"sqlite:///{run_dir / 'ledger.db'}"
     study = optuna.load_study(study_name="autoprune", storage=storage)
     distributions = study.trials[0].distributions
@@ -229,7 +229,7 @@ def test_a_full_disk_or_read_only_run_dir_loses_nothing_and_says_what_to_do(tmp_
         return original(searcher, where)
 
     monkeypatch.setattr(autoprune.run, "save_checkpoint", failing)
-    config = _write(tmp_path, {**SMOKE, "search": {"backend": "tpe", "evaluations": 6}})
+    config = _write(tmp_path, {**FAST_SMOKE, "search": {"backend": "tpe", "evaluations": 6}})
     assert cli.main(["search", config, "--run-dir", str(run_dir), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert words in err and f"autoprune resume {run_dir}" in err and len(err.splitlines()) == 1
@@ -245,7 +245,7 @@ def test_a_stopped_driver_keeps_its_run_and_finishes_after_sigcont(tmp_path, cap
     """SIGSTOP (Ctrl-Z, a paused VM): the run is still held, so a resume attempted meanwhile is refused
     instead of racing it; after SIGCONT the search finishes with exactly the requested count."""
     run_dir = tmp_path / "run"
-    config = _write(tmp_path, {**SMOKE, "search": {"backend": "random", "evaluations": 12}})
+    config = _write(tmp_path, {**FAST_SMOKE, "search": {"backend": "random", "evaluations": 12}})
     child = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", config, "--run-dir", str(run_dir),
                               "--quiet", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
