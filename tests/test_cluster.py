@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from autoprune.search import count_recorded, read_ledger
+from tests.test_search_cli import FAST_SMOKE
 
 pytestmark = pytest.mark.ray  # make test runs these alone, after the parallel part
 
@@ -66,10 +67,8 @@ def _ray_processes(tmp: str) -> set[int]:
 
 
 def _config(address: str) -> dict:
-    return {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
-              "budget": {"flops": 0.5}, "search": {"backend": "random", "evaluations": EVALUATIONS,
-                                                   "workers": 2, "address": address, "options": {"batch_size": 2}},
-              "evaluation": {"kind": "adaptive_bn", "val_size": 200, "bn_batches": 1}}  # distribution, not scoring
+    return {**FAST_SMOKE, "search": {"backend": "random", "evaluations": EVALUATIONS, "workers": 2,
+                                     "address": address, "options": {"batch_size": 2}}}
 
 
 def _start(cluster, tmp_path: Path) -> tuple[list[str], Path, subprocess.Popen]:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from autoprune.search import LedgerSpec, read_ledger
+from tests.test_search_cli import FAST_SMOKE
 
 EVALUATIONS = 10
 
@@ -83,11 +84,8 @@ def _count(url: str, study: str) -> int:
 
 
 def _config(postgres_url: str) -> dict:
-    # the ledger's safety, not scoring: adaptive BN, the fast scorer
-    return {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
-            "budget": {"flops": 0.5}, "search": {"backend": "tpe", "evaluations": EVALUATIONS,
-                                                 "storage": postgres_url, "options": {"n_startup_trials": 4}},
-            "evaluation": {"kind": "adaptive_bn", "val_size": 200, "bn_batches": 1}}
+    return {**FAST_SMOKE, "search": {"backend": "tpe", "evaluations": EVALUATIONS, "storage": postgres_url,
+                                     "options": {"n_startup_trials": 4}}}
 
 
 def test_search_with_a_postgresql_ledger_is_killed_and_resumed(postgres_url, tmp_path):

@@ -19,7 +19,8 @@ from autoprune.search import count_recorded
 SMOKE = {"model": {"name": "resnet20", "train_epochs": 0.5}, "data": {"name": "digits", "val_size": 200},
          "budget": {"flops": 0.5}, "search": {"backend": "random", "evaluations": 5},
          "evaluation": {"val_size": 200, "bn_batches": 1}}
-# For tests about the run directory and faults, not about scoring: adaptive BN scores in half the time of refit
+# For tests about the run directory, faults, ledgers and workers, not about scoring: adaptive BN scores in half
+# the time of refit
 FAST_SMOKE = {**SMOKE, "evaluation": {**SMOKE["evaluation"], "kind": "adaptive_bn"}}
 
 
@@ -345,7 +346,7 @@ def _script_measured_latency(monkeypatch, ratios):
     return scripted
 
 
-@pytest.mark.parametrize("kind", ["adaptive_bn", "pruningnet"])  # refit: the default, in every other search
+@pytest.mark.parametrize("kind", ["adaptive_bn", "pruningnet"])  # refit: the default, in every SMOKE search
 def test_a_search_scores_with_the_evaluator_the_config_names(tmp_path, kind):
     config = {**SMOKE, "evaluation": {**SMOKE["evaluation"], "kind": kind}, "pruningnet": {"epochs": 0.5}}
     run_dir = tmp_path / "run"

@@ -13,6 +13,7 @@ import yaml
 
 from autoprune import cli
 from autoprune.search import count_recorded, read_ledger
+from tests.test_search_cli import FAST_SMOKE
 
 EVALUATIONS = 12
 OPTIONS = {"ddpg": {"warmup": 4}, "tpe": {"n_startup_trials": 4}, "nsga2": {},
@@ -31,7 +32,7 @@ def _config(tmp_path: Path, backend: str, checkpoint: Path) -> str:
     data = {"model": {"name": "resnet20", "checkpoint": str(checkpoint)}, "data": {"name": "digits", "val_size": 200},
             "budget": {"flops": 0.5}, "search": {"backend": backend, "evaluations": EVALUATIONS,
                                                  "options": OPTIONS[backend]},
-            "evaluation": {"kind": "adaptive_bn", "val_size": 200, "bn_batches": 1}}  # crash safety: the fast scorer
+            "evaluation": FAST_SMOKE["evaluation"]}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
